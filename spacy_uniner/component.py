@@ -1,0 +1,399 @@
+"""The ``universal_ner`` pipeline component.
+
+For every document the component cuts the text into windows of at most
+``max_passage_tokens`` student tokens, asks the student one UniNER question
+per (window, label), parses each JSON reply, finds every occurrence of every
+mention in its window, and writes
+
+* ``doc.spans[spans_key]``: every (start, end, label) once, overlaps kept, with
+  ``attrs["scores"]`` aligned (the spancat convention);
+* ``doc.ents`` (if ``write_ents``): a non-overlapping subset chosen by
+  ``ents_policy``; entities already on the doc are kept unless
+  ``overwrite_ents``.
+
+A span's score is the geometric-mean probability of the reply tokens that
+spell the mention (the highest over windows where it was found more than once).
+"""
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import srsly
+from spacy import util
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.tokens import Doc, Span, SpanGroup
+from spacy.training import Example
+
+from . import prompts
+from .alignment import find_mentions, make_windows
+from .models.base import Generation, Student
+from .parsing import parse_student_reply
+
+logger = logging.getLogger("spacy_uniner")
+
+ENTS_POLICIES = ("score", "longest", "first")
+DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": "default"}
+
+
+@Language.factory(
+    "universal_ner",
+    assigns=["doc.ents", "doc.spans"],
+    default_config={
+        "model": DEFAULT_MODEL_CONFIG,
+        "labels": [],
+        "spans_key": "universal_ner",
+        "write_ents": True,
+        "overwrite_ents": False,
+        "ents_policy": "score",
+        "threshold": 0.0,
+        "max_passage_tokens": 256,
+        "window_overlap": 32,
+        "dataset": None,
+        "label_definitions": {},
+        "store_replies": False,
+        "scorer": {"@scorers": "spacy_uniner.scorer.v1"},
+    },
+    default_score_weights={
+        "spans_universal_ner_f": 1.0,
+        "spans_universal_ner_p": 0.0,
+        "spans_universal_ner_r": 0.0,
+    },
+)
+def make_universal_ner(
+    nlp: Language,
+    name: str,
+    model: Student,
+    labels: List[str],
+    spans_key: str,
+    write_ents: bool,
+    overwrite_ents: bool,
+    ents_policy: str,
+    threshold: float,
+    max_passage_tokens: int,
+    window_overlap: int,
+    dataset: Optional[str],
+    label_definitions: Dict[str, str],
+    store_replies: bool,
+    scorer: Optional[Callable],
+) -> "UniversalNER":
+    """Open-type NER with a UniNER-style student.
+
+    model (Student): the backend, e.g. ``spacy_uniner.HFStudent.v1``.
+    labels (List[str]): entity types in natural language; can be replaced per
+        call with ``component_cfg={"universal_ner": {"labels": [...]}}``.
+    spans_key (str): the span group that receives every typed span.
+    write_ents (bool): also write a non-overlapping subset to ``doc.ents``.
+    overwrite_ents (bool): replace existing ``doc.ents`` instead of keeping them.
+    ents_policy (str): how overlaps are resolved for ``doc.ents``: "score"
+        (highest score first, then longer), "longest" (longer first, then
+        higher score) or "first" (earlier start first, then longer).
+    threshold (float): spans scoring below this are not written anywhere.
+    max_passage_tokens (int): the most student tokens per window.
+    window_overlap (int): student tokens shared by consecutive windows.
+    dataset (Optional[str]): dataset name for the dataset-specific template.
+    label_definitions (Dict[str, str]): per-label definitions to ask about
+        instead of the bare label (the definition variant).
+    store_replies (bool): keep raw replies in ``doc.user_data["universal_ner"]``.
+    scorer (Optional[Callable]): the scoring method.
+    """
+    return UniversalNER(
+        nlp.vocab,
+        model,
+        name=name,
+        labels=labels,
+        spans_key=spans_key,
+        write_ents=write_ents,
+        overwrite_ents=overwrite_ents,
+        ents_policy=ents_policy,
+        threshold=threshold,
+        max_passage_tokens=max_passage_tokens,
+        window_overlap=window_overlap,
+        dataset=dataset,
+        label_definitions=label_definitions,
+        store_replies=store_replies,
+        scorer=scorer,
+    )
+
+
+@dataclass
+class DocPrediction:
+    """What the student said about one document."""
+
+    spans: Dict[Tuple[int, int, str], float] = field(default_factory=dict)
+    replies: List[Dict[str, Any]] = field(default_factory=list)
+    stats: Counter = field(default_factory=Counter)
+
+
+def normalize_labels(labels: Any) -> List[str]:
+    """Validate labels: strings, whitespace collapsed, duplicates removed in order."""
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+        raise TypeError(
+            f"universal_ner labels must be a list of strings, got {type(labels).__name__}: "
+            f"{labels!r}"
+        )
+    out: List[str] = []
+    for label in labels:
+        if not isinstance(label, str):
+            raise TypeError(f"universal_ner label {label!r} is {type(label).__name__}, not str")
+        clean = " ".join(label.split())
+        if not clean:
+            raise ValueError(f"universal_ner label {label!r} is empty")
+        if clean != label:
+            logger.warning("Label %r normalised to %r", label, clean)
+        if clean in out:
+            logger.warning("Duplicate label %r ignored", clean)
+            continue
+        out.append(clean)
+    return out
+
+
+class UniversalNER(Pipe):
+    def __init__(
+        self,
+        vocab: Any,
+        model: Student,
+        name: str = "universal_ner",
+        *,
+        labels: Sequence[str] = (),
+        spans_key: str = "universal_ner",
+        write_ents: bool = True,
+        overwrite_ents: bool = False,
+        ents_policy: str = "score",
+        threshold: float = 0.0,
+        max_passage_tokens: int = 256,
+        window_overlap: int = 32,
+        dataset: Optional[str] = None,
+        label_definitions: Optional[Dict[str, str]] = None,
+        store_replies: bool = False,
+        scorer: Optional[Callable] = None,
+    ) -> None:
+        if ents_policy not in ENTS_POLICIES:
+            raise ValueError(f"ents_policy must be one of {ENTS_POLICIES}, got {ents_policy!r}")
+        if not spans_key:
+            raise ValueError("spans_key must be a non-empty string")
+        make_windows("x", [(0, 1)], max_passage_tokens, window_overlap)  # validates both
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.spans_key = spans_key
+        self.write_ents = write_ents
+        self.overwrite_ents = overwrite_ents
+        self.ents_policy = ents_policy
+        self.threshold = threshold
+        self.max_passage_tokens = max_passage_tokens
+        self.window_overlap = window_overlap
+        self.dataset = dataset
+        self.label_definitions = dict(label_definitions or {})
+        self.store_replies = store_replies
+        self.scorer = scorer
+        self.cfg: Dict[str, Any] = {"labels": normalize_labels(list(labels))}
+        self.stats: Counter = Counter()
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.cfg["labels"])
+
+    def add_label(self, label: str) -> int:
+        new = normalize_labels(self.labels + (label,))
+        added = len(new) - len(self.labels)
+        self.cfg["labels"] = new
+        return added
+
+    def initialize(self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *,
+                   nlp: Optional[Language] = None, labels: Optional[Sequence[str]] = None) -> None:
+        """Set labels (if given) and load the student's weights eagerly."""
+        if labels is not None:
+            self.cfg["labels"] = normalize_labels(list(labels))
+        load = getattr(self.model, "load", None)
+        if callable(load):
+            load()
+
+    def _labels_for_call(self, labels: Optional[Sequence[str]]) -> List[str]:
+        chosen = normalize_labels(list(labels)) if labels is not None else list(self.labels)
+        if not chosen:
+            raise ValueError(
+                f"The '{self.name}' component has no labels. Give them in the config "
+                f"(nlp.add_pipe('universal_ner', config={{'labels': ['person', ...]}})) or "
+                f"per call (nlp.pipe(docs, component_cfg={{'{self.name}': "
+                f"{{'labels': [...]}}}}))."
+            )
+        return chosen
+
+    def __call__(self, doc: Doc, *, labels: Optional[Sequence[str]] = None) -> Doc:
+        error_handler = self.get_error_handler()
+        try:
+            predictions = self.predict([doc], labels=labels)
+            self.set_annotations([doc], predictions)
+            return doc
+        except Exception as e:
+            error_handler(self.name, self, [doc], e)
+            return doc
+
+    def pipe(
+        self,
+        stream: Iterable[Doc],
+        *,
+        batch_size: int = 8,
+        labels: Optional[Sequence[str]] = None,
+    ) -> Iterator[Doc]:
+        """Annotate documents in batches; all queries of a batch go to the student together.
+
+        stream (Iterable[Doc]): the documents.
+        batch_size (int): documents per batch.
+        labels (Optional[Sequence[str]]): labels for this call instead of the configured ones.
+        YIELDS (Doc): the documents, in order. A batch that fails goes to the error handler.
+        """
+        chosen = self._labels_for_call(labels)
+        error_handler = self.get_error_handler()
+        for docs in util.minibatch(stream, size=batch_size):
+            try:
+                predictions = self.predict(docs, labels=chosen)
+                self.set_annotations(docs, predictions)
+                yield from docs
+            except Exception as e:
+                error_handler(self.name, self, docs, e)
+
+    def _question_label(self, label: str) -> str:
+        return self.label_definitions.get(label, label)
+
+    def predict(
+        self, docs: Iterable[Doc], *, labels: Optional[Sequence[str]] = None
+    ) -> List[DocPrediction]:
+        """Ask the student about every (window, label) of every document."""
+        docs = list(docs)
+        chosen = self._labels_for_call(labels)
+        queries: List[Tuple[int, int, int, str]] = []  # doc index, window start, end, label
+        prompt_texts: List[str] = []
+        results = [DocPrediction() for _ in docs]
+        for i, doc in enumerate(docs):
+            text = doc.text
+            if not text.strip():
+                continue
+            windows = make_windows(
+                text, self.model.token_offsets(text), self.max_passage_tokens, self.window_overlap
+            )
+            results[i].stats["windows"] += len(windows)
+            for w in windows:
+                passage = text[w.start : w.end]
+                for label in chosen:
+                    queries.append((i, w.start, w.end, label))
+                    prompt_texts.append(
+                        prompts.render_query(passage, self._question_label(label), self.dataset)
+                    )
+        generations = self.model.generate(prompt_texts) if prompt_texts else []
+        if len(generations) != len(prompt_texts):
+            raise RuntimeError(
+                f"The student returned {len(generations)} replies for {len(prompt_texts)} prompts"
+            )
+        for (i, start, end, label), gen in zip(queries, generations):
+            self._read_reply(docs[i].text, start, end, label, gen, results[i])
+        for result in results:
+            self.stats.update(result.stats)
+        return results
+
+    def _read_reply(
+        self, text: str, start: int, end: int, label: str, gen: Generation, out: DocPrediction
+    ) -> None:
+        parsed = parse_student_reply(gen.text)
+        out.stats["queries"] += 1
+        if not parsed.ok:
+            out.stats["parse_failures"] += 1
+            logger.info("Unparseable reply for %r (%s): %.200r", label, parsed.error, gen.text)
+        out.stats["dropped_items"] += parsed.dropped
+        passage = text[start:end]
+        for mention in parsed.items:
+            found = find_mentions(passage, mention)
+            if not found:
+                out.stats["mentions_not_found"] += 1
+                continue
+            out.stats["mentions"] += 1
+            at = gen.text.find(mention)
+            score = gen.confidence(at, at + len(mention)) if at >= 0 else gen.confidence(0, 0)
+            for s, e in found:
+                key = (start + s, start + e, label)
+                out.spans[key] = max(score, out.spans.get(key, 0.0))
+        if self.store_replies:
+            out.replies.append(
+                {
+                    "label": label,
+                    "window": [start, end],
+                    "reply": gen.text,
+                    "mentions": list(parsed.items),
+                    "error": parsed.error,
+                }
+            )
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:
+        for doc, pred in zip(docs, predictions):
+            best: Dict[Tuple[int, int, str], float] = {}
+            for (s, e, label), score in pred.spans.items():
+                if score < self.threshold:
+                    continue
+                span = doc.char_span(s, e, label=label, alignment_mode="expand")
+                if span is None:
+                    pred.stats["unaligned"] += 1
+                    continue
+                key = (span.start, span.end, label)
+                best[key] = max(score, best.get(key, 0.0))
+            keys = sorted(best)
+            group = SpanGroup(
+                doc,
+                name=self.spans_key,
+                spans=[Span(doc, s, e, label=label) for s, e, label in keys],
+                attrs={"scores": [best[k] for k in keys]},
+            )
+            doc.spans[self.spans_key] = group
+            if self.write_ents:
+                self._write_ents(doc, [(k, best[k]) for k in keys])
+            if self.store_replies:
+                doc.user_data[self.name] = {"replies": pred.replies, "stats": dict(pred.stats)}
+
+    def _write_ents(self, doc: Doc, scored: List[Tuple[Tuple[int, int, str], float]]) -> None:
+        if self.ents_policy == "score":
+            order = sorted(scored, key=lambda x: (-x[1], x[0][0] - x[0][1], x[0][0], x[0][2]))
+        elif self.ents_policy == "longest":
+            order = sorted(scored, key=lambda x: (x[0][0] - x[0][1], -x[1], x[0][0], x[0][2]))
+        else:
+            order = sorted(scored, key=lambda x: (x[0][0], x[0][0] - x[0][1], -x[1], x[0][2]))
+        kept = [] if self.overwrite_ents else list(doc.ents)
+        taken = set()
+        for ent in kept:
+            taken.update(range(ent.start, ent.end))
+        for (s, e, label), _ in order:
+            if taken.isdisjoint(range(s, e)):
+                kept.append(Span(doc, s, e, label=label))
+                taken.update(range(s, e))
+        doc.ents = sorted(kept, key=lambda span: span.start)
+
+    def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
+        if self.scorer is None:
+            return {}
+        return self.scorer(examples, spans_key=self.spans_key, **kwargs)
+
+    # Serialization: the weights are referenced by the model config, not copied.
+    def to_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> None:
+        serialize: Dict[str, Callable[[Path], Any]] = {
+            "cfg": lambda p: srsly.write_json(p, self.cfg),
+        }
+        if hasattr(self.model, "to_disk"):
+            serialize["model"] = lambda p: self.model.to_disk(p)  # type: ignore[attr-defined]
+        util.to_disk(path, serialize, exclude)
+
+    def from_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> "UniversalNER":
+        def load_cfg(p: Path) -> None:
+            self.cfg.update(srsly.read_json(p))
+
+        util.from_disk(path, {"cfg": load_cfg}, exclude)
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        return util.to_bytes({"cfg": lambda: srsly.json_dumps(self.cfg)}, exclude)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "UniversalNER":
+        util.from_bytes(bytes_data, {"cfg": lambda b: self.cfg.update(srsly.json_loads(b))}, exclude)
+        return self
+

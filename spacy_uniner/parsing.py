@@ -1,0 +1,201 @@
+"""Bounded, literal-only parsing of model replies.
+
+Student replies are JSON lists of mention strings; teacher replies are
+Python-ish lists of ``("entity", "type")`` tuples. Both come from a model, so
+they are data: they are parsed with :mod:`json` and :func:`ast.literal_eval`
+(literals only, never ``eval``), after a bounded scan that locates the list and
+refuses deep nesting. Usual damage is repaired and reported in
+``ParsedReply.repairs``: prose around the list, a truncated list (complete items
+are kept), single quotes. A reply that yields no list at all is
+``ok=False`` with the reason in ``error`` — never silently an empty answer.
+"""
+
+import ast
+import json
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple
+
+MAX_REPLY_CHARS = 2_000_000
+MAX_ITEMS = 20_000
+MAX_DEPTH = 8
+STOP_MARKER = "</s>"
+
+
+@dataclass
+class ParsedReply:
+    items: List[Any] = field(default_factory=list)
+    ok: bool = True
+    error: Optional[str] = None
+    repairs: List[str] = field(default_factory=list)
+    # Items present in the list but not usable (wrong type, empty, over the cap).
+    dropped: int = 0
+
+
+class _Scan:
+    """Where the first list in ``text`` ends, and its top-level item separators."""
+
+    def __init__(self, text: str, start: int) -> None:
+        self.end: Optional[int] = None  # index of the matching "]", None if truncated
+        self.commas: List[int] = []  # top-level commas
+        self.max_depth = 0
+        depth = 0
+        quote: Optional[str] = None
+        escaped = False
+        for i in range(start, len(text)):
+            ch = text[i]
+            if quote:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == quote:
+                    quote = None
+                continue
+            if ch in "\"'":
+                # An apostrophe inside a bare word (don't) opens no string.
+                if ch == "'" and i > 0 and text[i - 1].isalnum():
+                    continue
+                quote = ch
+            elif ch in "[(":
+                depth += 1
+                self.max_depth = max(self.max_depth, depth)
+            elif ch in "])":
+                depth -= 1
+                if depth == 0:
+                    self.end = i
+                    return
+            elif ch == "," and depth == 1:
+                self.commas.append(i)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _find_list(reply: str) -> Tuple[Optional[list], List[str], Optional[str]]:
+    """Return (list or None, repairs, error)."""
+    repairs: List[str] = []
+    if len(reply) > MAX_REPLY_CHARS:
+        return None, repairs, f"reply longer than {MAX_REPLY_CHARS} characters"
+    text = reply.strip()
+    if STOP_MARKER in text:
+        text = text[: text.index(STOP_MARKER)].rstrip()
+    if not text:
+        return None, repairs, "empty reply"
+    start = text.find("[")
+    if start < 0:
+        return None, repairs, "no list in reply"
+    if start > 0:
+        repairs.append("text before list")
+    scan = _Scan(text, start)
+    if scan.max_depth > MAX_DEPTH:
+        return None, repairs, f"list nested deeper than {MAX_DEPTH}"
+    if scan.end is not None:
+        if text[scan.end + 1 :].strip():
+            repairs.append("text after list")
+        candidate = text[start : scan.end + 1]
+        value = _literal(candidate)
+        if isinstance(value, (list, tuple)):
+            if not _is_json(candidate):
+                repairs.append("python literal")
+            return list(value), repairs, None
+        return None, repairs, "list is not a valid literal"
+    # Truncated: keep the items before the last complete top-level separator.
+    repairs.append("truncated list")
+    for cut in reversed(scan.commas):
+        value = _literal(text[start:cut] + "]")
+        if isinstance(value, list):
+            return value, repairs, None
+    value = _literal(text[start:].rstrip().rstrip(",") + "]")
+    if isinstance(value, list):
+        return value, repairs, None
+    if not scan.commas and text[start + 1 :].strip() == "":
+        return [], repairs, None
+    return None, repairs, "truncated list with no complete item"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _as_mention(item: Any) -> Optional[str]:
+    if isinstance(item, bool) or item is None:
+        return None
+    if isinstance(item, (int, float)):
+        return str(item)
+    if isinstance(item, str):
+        return item.strip() or None
+    return None
+
+
+def parse_student_reply(reply: str) -> ParsedReply:
+    """Parse a student answer such as ``["Ada Lovelace", "Charles Babbage"]``.
+
+    Strings are kept (stripped, de-duplicated in order); numbers become their
+    string; one level of nested lists is flattened; anything else is dropped
+    and counted.
+    """
+    if not isinstance(reply, str):
+        return ParsedReply(ok=False, error=f"reply is {type(reply).__name__}, not str")
+    values, repairs, error = _find_list(reply)
+    if values is None:
+        return ParsedReply(ok=False, error=error, repairs=repairs)
+    result = ParsedReply(repairs=repairs)
+    seen = set()
+    for value in values:
+        group = value if isinstance(value, (list, tuple)) else [value]
+        if group is value:
+            result.repairs.append("nested list")
+        for item in group:
+            mention = _as_mention(item)
+            if mention is None or len(result.items) >= MAX_ITEMS:
+                result.dropped += 1
+            elif mention not in seen:
+                seen.add(mention)
+                result.items.append(mention)
+    result.repairs = list(dict.fromkeys(result.repairs))
+    return result
+
+
+def parse_teacher_reply(reply: str) -> ParsedReply:
+    """Parse a teacher answer ``[("entity 1", "type of entity 1"), ...]``.
+
+    Items become ``(mention, type)`` tuples of stripped strings; items that
+    are not a pair of strings are dropped and counted. Exact duplicates are
+    kept once.
+    """
+    if not isinstance(reply, str):
+        return ParsedReply(ok=False, error=f"reply is {type(reply).__name__}, not str")
+    values, repairs, error = _find_list(reply)
+    if values is None:
+        return ParsedReply(ok=False, error=error, repairs=repairs)
+    result = ParsedReply(repairs=repairs)
+    seen = set()
+    for value in values:
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) >= 2
+            and isinstance(value[0], str)
+            and isinstance(value[1], str)
+            and value[0].strip()
+            and value[1].strip()
+            and len(result.items) < MAX_ITEMS
+        ):
+            pair = (value[0].strip(), value[1].strip())
+            if pair not in seen:
+                seen.add(pair)
+                result.items.append(pair)
+        else:
+            result.dropped += 1
+    return result

@@ -1,0 +1,14 @@
+"""The registry of model backends: ``@uniner_models = "spacy_uniner.HFStudent.v1"``.
+
+Backends are versioned functions declared under the entry-point group
+``spacy_uniner_models``, so a config naming one resolves in a fresh process.
+"""
+
+from spacy.util import registry
+
+if not hasattr(registry, "uniner_models"):
+    registry.create("uniner_models", entry_points=True)
+
+uniner_models = registry.uniner_models
+
+__all__ = ["registry", "uniner_models"]
