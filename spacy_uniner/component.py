@@ -213,7 +213,7 @@ class UniversalNER(Pipe):
             load()
 
     def _labels_for_call(self, labels: Optional[Sequence[str]]) -> List[str]:
-        chosen = normalize_labels(list(labels)) if labels is not None else list(self.labels)
+        chosen = normalize_labels(labels) if labels is not None else list(self.labels)
         if not chosen:
             raise ValueError(
                 f"The '{self.name}' component has no labels. Give them in the config "
