@@ -1,0 +1,1 @@
+"""Thin typer entry points over :mod:`spacy_uniner` that run on Ray."""

@@ -1,0 +1,42 @@
+"""Teacher annotation: corpus → passages → LLM teacher (Fig. 1) → parsed, filtered, cached data.
+
+Entry point: ``python -m ray_jobs.annotate``; the logic is here so it can be
+tested without Ray: :mod:`.corpus` (readers, chunking, sample), :mod:`.prompt`,
+:mod:`.filters`, :mod:`.client` (backends, retries), :mod:`.limiter` (the shared
+rate limit), :mod:`.cache`, :mod:`.stats` (Tab. 1), :mod:`.run` (the Ray job),
+:mod:`.replay` (the local replay teacher) and :mod:`.llm_model` (spacy-llm).
+"""
+
+from .cache import ReplyCache, cache_key
+from .client import OpenAITeacher, Secret, SpacyLLMTeacher, TeacherConfig
+from .corpus import Chunker, CorpusReport, Document, Passage, read_documents, sample_passages
+from .filters import DROP_REASONS, FilteredReply, filter_reply
+from .limiter import RateLimiter
+from .prompt import PROMPT_VERSIONS, TeacherPrompt
+from .run import AnnotateOptions, annotate
+from .stats import format_summary, head_tail_table
+
+__all__ = [
+    "AnnotateOptions",
+    "Chunker",
+    "CorpusReport",
+    "DROP_REASONS",
+    "Document",
+    "FilteredReply",
+    "OpenAITeacher",
+    "PROMPT_VERSIONS",
+    "Passage",
+    "RateLimiter",
+    "ReplyCache",
+    "Secret",
+    "SpacyLLMTeacher",
+    "TeacherConfig",
+    "TeacherPrompt",
+    "annotate",
+    "cache_key",
+    "filter_reply",
+    "format_summary",
+    "head_tail_table",
+    "read_documents",
+    "sample_passages",
+]

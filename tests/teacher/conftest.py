@@ -1,0 +1,60 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from spacy_uniner.teacher.replay import ReplayTeacher
+
+RAY_TEMP_DIR = "/tmp/ray-uniner-teacher"
+SECRET_KEY = "sk-uniner-test-9f3b2c7e1d-DO-NOT-LEAK"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for all teacher tests (bound to this machine, temp dir outside the repo)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def replay_teacher(shared_data) -> ReplayTeacher:
+    return ReplayTeacher.from_shared_data(shared_data)
+
+
+@pytest.fixture(scope="session")
+def pile_corpus(shared_data) -> Path:
+    return shared_data / "pile-ner" / "pile_ner_type_subset.jsonl"
+
+
+@pytest.fixture
+def teacher_server(replay_teacher):
+    """Factory: ``teacher_server(fail_rate=0.2, ...)`` starts a replay server on 127.0.0.1."""
+    from ray_jobs.teacher_server import TeacherServer
+
+    servers = []
+
+    def start(**kwargs):
+        server = TeacherServer(replay_teacher, port=0, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def small_corpus(tmp_path, replay_teacher) -> Path:
+    """40 real Pile passages as a JSONL corpus (written to tmp, not the repo)."""
+    import json
+
+    path = tmp_path / "corpus.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for text in replay_teacher.passages()[:40]:
+            handle.write(json.dumps({"text": text}) + "\n")
+    return path
