@@ -1,0 +1,1 @@
+"""Thin command-line entry points for evaluation (logic lives in ``spacy_uniner``)."""

@@ -1,0 +1,201 @@
+"""Score a student on the paper's zero-shot suite or on any benchmark file.
+
+    python -m eval.benchmark --model default --suite zero-shot --limit 5 --output eval/results/x
+    python -m eval.benchmark --model PATH --data test.txt --format bio --label-map crossner_ai
+
+Writes to ``--output``: ``metrics.json``, ``predictions.jsonl`` (one line per
+query), ``results.md`` (the paper's rows beside ours), ``f1.png`` and
+``cache/`` (finished passages; a rerun with the same settings resumes).
+"""
+
+import json
+import logging
+import os
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = Path(os.environ.get("UNINER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+class Suite(str, Enum):
+    zero_shot = "zero-shot"
+
+
+class Format(str, Enum):
+    uniner = "uniner"
+    bio = "bio"
+    bio_rev = "bio-rev"
+
+
+def model_block(model: str, model_config: Optional[Path], max_new_tokens: Optional[int],
+                batch_size: Optional[int], device: Optional[str], dtype: Optional[str],
+                threads: Optional[int]) -> Dict[str, Any]:
+    """The component's ``model`` block from the options (a JSON file wins over --model)."""
+    if model_config is not None:
+        block = json.loads(model_config.read_text(encoding="utf8"))
+        if "@uniner_models" not in block:
+            raise typer.BadParameter("needs an '@uniner_models' key", param_hint="--model-config")
+        return block
+    block: Dict[str, Any] = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model}
+    for key, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
+                       ("device", device), ("dtype", dtype), ("threads", threads)):
+        if value is not None:
+            block[key] = value
+    return block
+
+
+def build_nlp(block: Dict[str, Any], max_passage_tokens: int):
+    import spacy
+
+    import spacy_uniner  # noqa: F401  (registers the factory and the scorers)
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("universal_ner", config={
+        "model": block,
+        "labels": [],
+        "store_replies": True,
+        "write_ents": False,
+        "max_passage_tokens": max_passage_tokens,
+        "scorer": {"@scorers": "spacy_uniner.scorer.v2"},
+    })
+    return nlp
+
+
+def write_chart(per_column: Dict[str, Dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spacy_uniner.benchmarks import PAPER_ZERO_SHOT, ZERO_SHOT
+
+    columns = list(per_column)
+    suite = all(c in ZERO_SHOT for c in columns)
+    series: Dict[str, List[float]] = {}
+    if suite:
+        for model, row in PAPER_ZERO_SHOT.items():
+            series[f"{model} (paper)"] = [row[c] for c in columns]
+    for metric, label in (("uniner", "UniNER string"), ("strict", "strict span"),
+                          ("partial", "partial match")):
+        series[f"{title}: {label}"] = [100 * per_column[c][metric]["f"] for c in columns]
+    labels = columns + ["Avg"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(labels)), 4.2))
+    width = 0.8 / len(series)
+    for i, (name, vals) in enumerate(series.items()):
+        vals = vals + [sum(vals) / len(vals)]
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
+        ax.bar(xs, vals, width, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("F1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Zero-shot NER F1" if suite else "NER F1")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@app.command()
+def main(
+    model: str = typer.Option("default", help="'default' (SmolLM2-135M-Instruct) or an HF folder"),
+    model_config: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False, help="JSON model block (overrides --model)"),
+    suite: Optional[Suite] = typer.Option(None, help="the paper's zero-shot suite"),
+    data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="a benchmark file"),
+    format: Format = typer.Option(Format.uniner, "--format",
+                                  help="uniner JSON; bio (column order detected); bio-rev (tag<TAB>token)"),
+    label_map: Optional[str] = typer.Option(
+        None, help="BIO only: built-in map name (e.g. crossner_ai, mit_movie) or JSON file"),
+    name: Optional[str] = typer.Option(None, help="dataset name for --data"),
+    limit: Optional[int] = typer.Option(None, min=1, help="seeded sample of N passages per dataset"),
+    seed: int = typer.Option(0, help="seed for --limit"),
+    output: Path = typer.Option(Path("eval/results/latest"), help="output folder"),
+    shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (for --suite)"),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply (HF student)"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="queries per generate call"),
+    passages_per_batch: int = typer.Option(4, min=1, help="passages per pipeline batch / cache write"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, auto (HF student)"),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, ... (HF student)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
+    max_passage_tokens: int = typer.Option(256, min=1, help="window size in student tokens"),
+    overwrite: bool = typer.Option(False, help="discard cached predictions"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Run the benchmark(s) and write metrics, predictions, a table and a chart."""
+    from tqdm import tqdm
+
+    from spacy_uniner.benchmarks import (
+        averages,
+        load_benchmark,
+        markdown_table,
+        run_benchmark,
+        zero_shot_suite,
+    )
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if (suite is None) == (data is None):
+        raise typer.BadParameter("give exactly one of --suite or --data")
+    if label_map and format == Format.uniner:
+        raise typer.BadParameter("--label-map applies to BIO files", param_hint="--label-map")
+    started = time.time()
+    if suite is not None:
+        benches = zero_shot_suite(shared_data, limit=limit, seed=seed)
+    else:
+        bench = load_benchmark(data, format.value, name=name, label_map=label_map,
+                               limit=limit, seed=seed)
+        benches = {bench.name: bench}
+    block = model_block(model, model_config, max_new_tokens, batch_size, device, dtype, threads)
+    nlp = build_nlp(block, max_passage_tokens)
+    output.mkdir(parents=True, exist_ok=True)
+    per_column: Dict[str, Dict[str, Any]] = {}
+    total = sum(len(b.passages) for b in benches.values())
+    with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar, \
+            (output / "predictions.jsonl").open("w", encoding="utf8") as pred_fh:
+        for column, bench in benches.items():
+            bar.set_description(bench.name)
+            result = run_benchmark(
+                nlp, bench, output / "cache" / f"{bench.name}.jsonl", model_config=block,
+                batch_size=passages_per_batch, overwrite=overwrite, progress=bar.update,
+            )
+            per_column[column] = result.metrics
+            for line in result.predictions:
+                pred_fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    pipe = nlp.get_pipe("universal_ner")
+    metrics = {
+        "run": {
+            "model": block,
+            "suite": suite.value if suite else None,
+            "data": str(data) if data else None,
+            "format": format.value if data else None,
+            "label_map": label_map,
+            "limit": limit,
+            "seed": seed,
+            "max_passage_tokens": max_passage_tokens,
+            "seconds": round(time.time() - started, 1),
+            "component_stats": dict(pipe.stats),
+        },
+        "datasets": per_column,
+        "averages": averages(per_column),
+    }
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    title = "ours" if model_config else Path(model).name
+    sample = f"a seeded sample of {limit} passages per dataset (seed {seed})" if limit else "all passages"
+    note = (f"F1 × 100. Ours: `{title}` on {sample}. The paper's rows use the full test sets "
+            f"and UniNER's string metric (arXiv:2308.03279v2, Tab. 3); compare them with our "
+            f"'UniNER string F1' row.")
+    table = markdown_table(per_column, title=title, note=note)
+    (output / "results.md").write_text(table)
+    write_chart(per_column, output / "f1.png", title)
+    typer.echo(table)
+    typer.echo(f"wrote {output}/metrics.json, results.md, f1.png, predictions.jsonl")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,744 @@
+"""Benchmark files → passages with gold spans → spaCy Examples, and a cached runner.
+
+Loaders
+  * :func:`load_uniner_json`: UniversalNER's evaluation files (one
+    conversation per passage × type). Consecutive queries about the same text
+    are grouped back into one passage (a new passage starts when the text
+    changes or a type repeats). Gold mentions become character spans through
+    :func:`spacy_uniner.alignment.find_mentions` — every occurrence, as the
+    component does; mentions that are not in the text are counted. The raw
+    gold answer of each query is kept for UniNER's string metric.
+  * :func:`load_bio`: token-level BIO files, ``token<TAB>tag`` or
+    ``tag<TAB>token`` (detected or given), IOB1 or IOB2 (also BIOES/BILOU),
+    raw tags mapped to natural-language types by a label map
+    (:mod:`spacy_uniner.label_maps`). The text is the tokens joined by single
+    spaces, like UniversalNER's pre-tokenised passages, and reference Docs
+    keep exactly the given tokens.
+  * :func:`zero_shot_suite`: the paper's zero-shot datasets (CrossNER AI,
+    literature, music, politics, science; MIT Movie, built from the BIO file
+    because UniversalNER never released its JSON; MIT Restaurant).
+
+Runner
+  :func:`run_benchmark` asks a pipeline with the ``universal_ner`` component
+  about every passage (optionally a seeded sample), caches each passage's
+  replies as one JSON line so that an interrupted run continues where it
+  stopped, then scores strict / partial / UniNER-string F1 with
+  :func:`spacy_uniner.scoring.score_all`.
+"""
+
+import hashlib
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from spacy.language import Language
+from spacy.tokens import Doc, SpanGroup
+from spacy.training import Example
+
+from .alignment import find_mentions
+from .label_maps import LabelMap, load_label_map, map_tag
+from .metrics import PRF, reference_prf, uniner_string_counts
+from .scoring import GOLD_KEY, score_all
+
+logger = logging.getLogger("spacy_uniner")
+
+CharSpan = Tuple[int, int, str]
+_QUESTION = re.compile(r"^What describes (?P<label>.+) in the text\?$", re.S)
+_TAG = re.compile(r"^(O|[BIESLU][-_].+)$")
+
+
+# --- data model ----------------------------------------------------------------------
+
+
+@dataclass
+class Passage:
+    """One passage: its tokens, its gold spans, and the raw gold answer per type."""
+
+    id: str
+    words: List[str]
+    spaces: List[bool]
+    spans: List[CharSpan]
+    answers: Dict[str, str]  # type -> gold answer as a JSON list (UniNER's format)
+
+    @property
+    def text(self) -> str:
+        return "".join(w + (" " if sp else "") for w, sp in zip(self.words, self.spaces))
+
+
+@dataclass
+class Benchmark:
+    """A dataset ready for evaluation: the types to ask about and its passages."""
+
+    name: str
+    labels: List[str]
+    passages: List[Passage]
+    source: str = ""
+    stats: Counter = field(default_factory=Counter)
+
+    def sample(self, limit: Optional[int], seed: int = 0) -> "Benchmark":
+        """A deterministic sample of ``limit`` passages (file order kept)."""
+        keep = sample_indices(len(self.passages), limit, seed, self.name)
+        if keep is None:
+            return self
+        stats = Counter(self.stats)
+        stats["passages_in_file"] = len(self.passages)
+        return Benchmark(
+            self.name, list(self.labels), [self.passages[i] for i in keep], self.source, stats
+        )
+
+    def reference_doc(self, passage: Passage, vocab: Any, spans_key: str = "universal_ner") -> Doc:
+        """The gold Doc: the given tokens, gold spans in ``doc.spans[spans_key]``,
+        and the raw gold answers in ``doc.user_data["uniner_gold"]``."""
+        doc = Doc(vocab, words=passage.words, spaces=passage.spaces)
+        spans = []
+        for start, end, label in passage.spans:
+            span = doc.char_span(start, end, label=label, alignment_mode="expand")
+            if span is None:  # only possible for spans over whitespace
+                raise ValueError(f"Gold span {(start, end, label)} of {passage.id} is not alignable")
+            spans.append(span)
+        doc.spans[spans_key] = SpanGroup(doc, name=spans_key, spans=spans)
+        doc.user_data[GOLD_KEY] = dict(passage.answers)
+        return doc
+
+    def predicted_doc(self, passage: Passage, vocab: Any) -> Doc:
+        """An unannotated Doc with the passage's tokens (what the pipeline reads)."""
+        return Doc(vocab, words=passage.words, spaces=passage.spaces)
+
+
+def sample_indices(n: int, limit: Optional[int], seed: int, name: str) -> Optional[List[int]]:
+    """Sorted indices of a seeded sample of ``limit`` out of ``n`` (None: keep all).
+
+    The seed is combined with the dataset name, so datasets get different but
+    reproducible samples.
+    """
+    if limit is None or limit >= n:
+        return None
+    if limit < 1:
+        raise ValueError(f"limit must be positive, got {limit}")
+    return sorted(random.Random(f"{seed}:{name}").sample(range(n), limit))
+
+
+def _words_of(text: str) -> Tuple[List[str], List[bool]]:
+    """Whitespace tokens of ``text`` such that the Doc's text equals ``text``
+    (runs of whitespace other than one space stay as whitespace tokens)."""
+    words: List[str] = []
+    spaces: List[bool] = []
+    for m in re.finditer(r"\S+|\s+", text):
+        piece = m.group()
+        if piece.isspace():
+            if words and not spaces[-1] and piece.startswith(" "):
+                spaces[-1] = True
+                piece = piece[1:]
+            if piece:
+                words.append(piece)
+                spaces.append(False)
+        else:
+            words.append(piece)
+            spaces.append(False)
+    return words, spaces
+
+
+# --- UniNER JSON ---------------------------------------------------------------------
+
+
+def _conversation_parts(item: Dict[str, Any], where: str) -> Tuple[str, str, str]:
+    conv = item.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 4:
+        raise ValueError(f"{where}: expected 'conversations' with 4 turns, got {conv!r:.200}")
+    first = conv[0]["value"]
+    if not first.startswith("Text: "):
+        raise ValueError(f"{where}: first turn should start with 'Text: ', got {first[:80]!r}")
+    text = first[len("Text: "):]
+    match = _QUESTION.match(conv[-2]["value"])
+    if not match:
+        raise ValueError(f"{where}: not a 'What describes ... in the text?' question: "
+                         f"{conv[-2]['value'][:120]!r}")
+    return text, match.group("label"), conv[-1]["value"]
+
+
+def load_uniner_json(
+    path: Union[str, Path], name: Optional[str] = None, *, limit: Optional[int] = None,
+    seed: int = 0,
+) -> Benchmark:
+    """Load a UniversalNER evaluation file and group its queries into passages.
+
+    path: a JSON list of ``{"id", "conversations"}``; the last turn is the gold
+        JSON list of mentions for the type asked in the turn before it.
+    name: the dataset name (default: the file name without extension).
+    limit, seed: keep a seeded sample of passages (the same sample as
+        ``Benchmark.sample(limit, seed)``), aligned only those.
+    """
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf8"))
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of conversations")
+    bench = Benchmark(name or path.stem, [], [], str(path))
+    labels: Dict[str, None] = {}
+    current: Optional[Dict[str, Any]] = None
+    groups: List[Dict[str, Any]] = []
+    for n, item in enumerate(data):
+        text, label, answer = _conversation_parts(item, f"{path}[{n}]")
+        labels.setdefault(label, None)
+        if current is None or current["text"] != text or label in current["answers"]:
+            current = {"text": text, "answers": {}, "first_id": str(item.get("id", n))}
+            groups.append(current)
+        current["answers"][label] = answer
+    bench.labels = list(labels)
+    keep = sample_indices(len(groups), limit, seed, bench.name)
+    if keep is not None:
+        bench.stats["passages_in_file"] = len(groups)
+        groups = [groups[i] for i in keep]
+    for g in groups:
+        words, spaces = _words_of(g["text"])
+        passage = Passage(g["first_id"], words, spaces, [], g["answers"])
+        text = passage.text
+        spans = set()
+        for label, answer in g["answers"].items():
+            try:
+                mentions = json.loads(answer)
+            except json.JSONDecodeError:
+                bench.stats["gold_unparseable"] += 1
+                continue
+            for mention in dict.fromkeys(m for m in mentions if isinstance(m, str)):
+                found = find_mentions(text, mention)
+                if not found:
+                    bench.stats["gold_mentions_not_found"] += 1
+                    logger.info("%s: gold %r (%s) not in passage %s", bench.name, mention, label,
+                                passage.id)
+                for s, e in found:
+                    spans.add((s, e, label))
+        passage.spans = sorted(spans)
+        bench.stats["gold_spans"] += len(spans)
+        bench.passages.append(passage)
+    bench.stats["passages"] = len(bench.passages)
+    bench.stats["queries"] = sum(len(p.answers) for p in bench.passages)
+    return bench
+
+
+# --- BIO -----------------------------------------------------------------------------
+
+COLUMN_ORDERS = ("auto", "token-tag", "tag-token")
+
+
+def _read_rows(path: Path) -> List[List[Tuple[str, str]]]:
+    sentences: List[List[Tuple[str, str]]] = []
+    current: List[Tuple[str, str]] = []
+    with path.open(encoding="utf8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                if current:
+                    sentences.append(current)
+                    current = []
+                continue
+            cols = line.split("\t") if "\t" in line else line.split()
+            if len(cols) < 2:
+                raise ValueError(f"{path}:{lineno}: expected two columns, got {line!r}")
+            current.append((cols[0], cols[-1]))
+    if current:
+        sentences.append(current)
+    return sentences
+
+
+def detect_column_order(sentences: Sequence[Sequence[Tuple[str, str]]], limit: int = 5000) -> str:
+    """``"token-tag"`` or ``"tag-token"``: the column whose values all look like tags."""
+    firsts, seconds = [], []
+    for sent in sentences:
+        for a, b in sent:
+            firsts.append(a)
+            seconds.append(b)
+        if len(firsts) >= limit:
+            break
+
+    def share(values: List[str]) -> float:
+        return sum(bool(_TAG.match(v)) for v in values) / max(len(values), 1)
+
+    first, second = share(firsts), share(seconds)
+    if second == 1.0 and first < 1.0:
+        return "token-tag"
+    if first == 1.0 and second < 1.0:
+        return "tag-token"
+    raise ValueError(
+        f"Cannot tell which column holds the tags (tag-like share: first column {first:.2f}, "
+        f"second {second:.2f}); give the order (--format bio for token<TAB>tag, "
+        f"bio-rev for tag<TAB>token)"
+    )
+
+
+def bio_entities(tags: Sequence[str]) -> Tuple[List[Tuple[int, int, str]], int]:
+    """Decode token tags into (start, end, raw type) entities.
+
+    Accepts IOB2 (every entity starts with ``B-``), IOB1 (``I-`` starts an
+    entity unless it continues one of the same type; ``B-`` only splits two
+    adjacent entities) and BIOES/BILOU. RETURNS the entities and how many tags
+    began an entity with ``I-`` (non-zero means IOB1 or damaged IOB2).
+    """
+    entities: List[Tuple[int, int, str]] = []
+    start, etype = -1, ""
+    i_starts = 0
+
+    def close(end: int) -> None:
+        nonlocal start, etype
+        if start >= 0:
+            entities.append((start, end, etype))
+        start, etype = -1, ""
+
+    for i, tag in enumerate(tags):
+        if tag == "O" or not _TAG.match(tag):
+            if tag != "O":
+                raise ValueError(f"Not a BIO tag at token {i}: {tag!r}")
+            close(i)
+            continue
+        prefix, raw = tag[0], tag[2:]
+        if prefix in "BSU":
+            close(i)
+            start, etype = i, raw
+            if prefix in "SU":
+                close(i + 1)
+        else:  # I, E, L
+            if start < 0 or etype != raw:
+                close(i)
+                start, etype = i, raw
+                i_starts += 1
+            if prefix in "EL":
+                close(i + 1)
+    close(len(tags))
+    return entities, i_starts
+
+
+def load_bio(
+    path: Union[str, Path],
+    *,
+    column_order: str = "auto",
+    label_map: Union[None, str, Path, Dict[str, Optional[str]]] = None,
+    name: Optional[str] = None,
+    scheme: str = "auto",
+    limit: Optional[int] = None,
+    seed: int = 0,
+) -> Benchmark:
+    """Load a BIO file as passages (one per sentence) with gold char spans.
+
+    column_order: "auto" (detect), "token-tag" or "tag-token".
+    label_map: raw tag → type (a built-in name, a JSON path or a dict; None
+        keeps raw tags); a tag mapped to null is dropped.
+    name: the dataset name (default: the parent folder and file stem).
+    scheme: "auto", "iob1" or "iob2"; with "iob2", entities that begin with
+        ``I-`` are counted as ``invalid_iob2`` and logged (they are still kept).
+    limit, seed: keep a seeded sample of sentences (as ``Benchmark.sample``).
+        The types asked are still those of the whole file.
+    """
+    path = Path(path)
+    if column_order not in COLUMN_ORDERS:
+        raise ValueError(f"column_order must be one of {COLUMN_ORDERS}, got {column_order!r}")
+    if scheme not in ("auto", "iob1", "iob2"):
+        raise ValueError(f"scheme must be 'auto', 'iob1' or 'iob2', got {scheme!r}")
+    mapping: Optional[LabelMap] = load_label_map(label_map)
+    rows = _read_rows(path)
+    order = detect_column_order(rows) if column_order == "auto" else column_order
+    bench = Benchmark(name or f"{path.parent.name}-{path.stem}", [], [], str(path))
+    warned: set = set()
+    seen_labels: Dict[str, None] = {}
+    mentions_of: List[Dict[str, List[str]]] = []
+    keep = sample_indices(len(rows), limit, seed, bench.name)
+    for n, sent in enumerate(rows):
+        if order == "token-tag":
+            words = [t for t, _ in sent]
+            tags = [g for _, g in sent]
+        else:
+            words = [t for _, t in sent]
+            tags = [g for g, _ in sent]
+        try:
+            entities, i_starts = bio_entities(tags)
+        except ValueError as err:
+            raise ValueError(
+                f"{path}, sentence {n}: {err} (column order {order}; give the other order if "
+                f"the columns are swapped)"
+            ) from None
+        bench.stats["i_starts"] += i_starts
+        spaces = [True] * len(words)
+        spaces[-1] = False
+        starts, pos = [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
+        passage = Passage(f"{bench.name}-{n}", words, spaces, [], {})
+        mentions: Dict[str, List[str]] = {}
+        for s, e, raw in entities:
+            label = map_tag(raw, mapping, warned)
+            if label is None:
+                bench.stats["dropped_entities"] += 1
+                continue
+            seen_labels.setdefault(label, None)
+            passage.spans.append((starts[s], starts[e - 1] + len(words[e - 1]), label))
+            mentions.setdefault(label, []).append(" ".join(words[s:e]))
+        passage.spans.sort()
+        mentions_of.append(mentions)
+        bench.passages.append(passage)
+    if keep is not None:  # decode every sentence first: the types asked are the file's
+        bench.stats["passages_in_file"] = len(rows)
+        bench.passages = [bench.passages[i] for i in keep]
+        mentions_of = [mentions_of[i] for i in keep]
+    bench.stats["gold_spans"] = sum(len(p.spans) for p in bench.passages)
+    if scheme == "iob2" and bench.stats["i_starts"]:
+        logger.warning("%s: %d entities begin with I- (not IOB2)", path, bench.stats["i_starts"])
+        bench.stats["invalid_iob2"] = bench.stats["i_starts"]
+    # The types asked: the label map's order (those present), then unmapped ones.
+    if mapping is not None:
+        ordered = [lab for lab in dict.fromkeys(v for v in mapping.values() if v) if lab in seen_labels]
+        ordered += [lab for lab in seen_labels if lab not in ordered]
+    else:
+        ordered = sorted(seen_labels)
+    bench.labels = ordered
+    for passage, mentions in zip(bench.passages, mentions_of):
+        passage.answers = {lab: json.dumps(mentions.get(lab, [])) for lab in ordered}
+    bench.source = f"{path} ({order})"
+    bench.stats["passages"] = len(bench.passages)
+    bench.stats["queries"] = len(bench.passages) * len(ordered)
+    return bench
+
+
+# --- the zero-shot suite -------------------------------------------------------------
+
+#: Paper column → (dataset name, format, path relative to the shared data folder).
+ZERO_SHOT: Dict[str, Tuple[str, str, str]] = {
+    "Movie": ("mit-movie", "bio-rev", "benchmarks/bio/mit/movie/test.txt"),
+    "Restaurant": ("mit-restaurant", "uniner", "benchmarks/uniner/mit-restaurant.json"),
+    "AI": ("CrossNER_AI", "uniner", "benchmarks/uniner/CrossNER_AI.json"),
+    "Literature": ("CrossNER_literature", "uniner", "benchmarks/uniner/CrossNER_literature.json"),
+    "Music": ("CrossNER_music", "uniner", "benchmarks/uniner/CrossNER_music.json"),
+    "Politics": ("CrossNER_politics", "uniner", "benchmarks/uniner/CrossNER_politics.json"),
+    "Science": ("CrossNER_science", "uniner", "benchmarks/uniner/CrossNER_science.json"),
+}
+#: Built-in label maps for the suite's BIO files.
+ZERO_SHOT_LABEL_MAPS = {"mit-movie": "mit_movie"}
+DOMAINS = {"CrossNER": ["AI", "Literature", "Music", "Politics", "Science"],
+           "MIT": ["Movie", "Restaurant"]}
+
+#: UniversalNER paper (arXiv:2308.03279v2), zero-shot F1 with the string metric,
+#: Tab. 3 (rows ChatGPT, UniNER-7B, UniNER-13B); partial match from Tab. 5.
+PAPER_ZERO_SHOT: Dict[str, Dict[str, float]] = {
+    "ChatGPT": {"Movie": 5.3, "Restaurant": 32.8, "AI": 52.4, "Literature": 39.8,
+                "Music": 66.6, "Politics": 68.5, "Science": 67.0, "Avg": 47.5},
+    "UniNER-7B": {"Movie": 42.4, "Restaurant": 31.7, "AI": 53.5, "Literature": 59.4,
+                  "Music": 65.0, "Politics": 60.8, "Science": 61.1, "Avg": 53.4},
+    "UniNER-13B": {"Movie": 48.7, "Restaurant": 36.2, "AI": 54.2, "Literature": 60.9,
+                   "Music": 64.5, "Politics": 61.4, "Science": 63.5, "Avg": 55.6},
+}
+PAPER_PARTIAL: Dict[str, Dict[str, float]] = {
+    "ChatGPT": {"Movie": 5.9, "Restaurant": 40.1, "AI": 55.7, "Literature": 42.8,
+                "Music": 70.2, "Politics": 71.7, "Science": 70.1, "Avg": 50.9},
+    "UniNER-7B": {"Movie": 46.9, "Restaurant": 40.3, "AI": 57.7, "Literature": 62.7,
+                  "Music": 62.9, "Politics": 63.2, "Science": 63.3, "Avg": 56.7},
+}
+
+
+def load_benchmark(
+    path: Union[str, Path],
+    fmt: str,
+    *,
+    name: Optional[str] = None,
+    label_map: Union[None, str, Path, Dict[str, Optional[str]]] = None,
+    limit: Optional[int] = None,
+    seed: int = 0,
+) -> Benchmark:
+    """Load any benchmark file: ``fmt`` is "uniner", "bio" (column order
+    detected) or "bio-rev" (``tag<TAB>token``)."""
+    if fmt == "uniner":
+        if label_map is not None:
+            raise ValueError("A label map applies to BIO files; UniNER JSON files name their types")
+        return load_uniner_json(path, name, limit=limit, seed=seed)
+    if fmt in ("bio", "bio-rev"):
+        order = "auto" if fmt == "bio" else "tag-token"
+        return load_bio(path, column_order=order, label_map=label_map, name=name,
+                        limit=limit, seed=seed)
+    raise ValueError(f"Unknown format {fmt!r}; use uniner, bio or bio-rev")
+
+
+def zero_shot_suite(
+    shared_data: Union[str, Path], *, limit: Optional[int] = None, seed: int = 0,
+    columns: Optional[Sequence[str]] = None,
+) -> Dict[str, Benchmark]:
+    """The paper's zero-shot datasets, keyed by the paper's column name.
+
+    limit, seed: a seeded sample of passages per dataset.
+    columns: only these columns (default: all seven).
+    """
+    root = Path(shared_data)
+    out = {}
+    for column, (name, fmt, rel) in ZERO_SHOT.items():
+        if columns is not None and column not in columns:
+            continue
+        out[column] = load_benchmark(root / rel, fmt, name=name, limit=limit, seed=seed,
+                                     label_map=ZERO_SHOT_LABEL_MAPS.get(name))
+    return out
+
+
+# --- running -------------------------------------------------------------------------
+
+
+def _fingerprint(model_config: Dict[str, Any], bench: Benchmark, component_config: Dict) -> str:
+    payload = json.dumps(
+        {"model": model_config, "component": component_config, "dataset": bench.name,
+         "labels": bench.labels, "source": bench.source},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode("utf8")).hexdigest()[:16]
+
+
+class PredictionCache:
+    """One JSON line per finished passage; a torn last line is ignored and rewritten."""
+
+    def __init__(self, path: Path, fingerprint: str, overwrite: bool = False) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.records: Dict[str, Dict[str, Any]] = {}
+        self.torn = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite and path.exists():
+            path.unlink()
+        if path.exists():
+            self._read()
+        else:
+            self._write_all()
+
+    def _read(self) -> None:
+        lines = self.path.read_text(encoding="utf8").splitlines()
+        header = json.loads(lines[0]) if lines else {}
+        if header.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"{self.path} was written for a different model, configuration or dataset "
+                f"(fingerprint {header.get('fingerprint')} != {self.fingerprint}); use another "
+                f"--output folder or --overwrite"
+            )
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+                self.records[rec["passage_id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.torn += 1
+        if self.torn:
+            logger.warning("%s: %d unreadable line(s) ignored; those passages run again",
+                           self.path, self.torn)
+            self._write_all()
+
+    def _write_all(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf8") as fh:
+            fh.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+            for rec in self.records.values():
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tmp.replace(self.path)
+
+    def add(self, records: Iterable[Dict[str, Any]]) -> None:
+        with self.path.open("a", encoding="utf8") as fh:
+            for rec in records:
+                self.records[rec["passage_id"]] = rec
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+
+
+def _record(passage: Passage, doc: Doc, spans_key: str, pipe_name: str) -> Dict[str, Any]:
+    data = doc.user_data.get(pipe_name) or {}
+    group = doc.spans.get(spans_key, [])
+    scores = list(group.attrs.get("scores", [])) if len(group) else []
+    return {
+        "passage_id": passage.id,
+        "replies": data.get("replies", []),
+        "stats": data.get("stats", {}),
+        "spans": [[s.start_char, s.end_char, s.label_, scores[i] if i < len(scores) else None]
+                  for i, s in enumerate(group)],
+    }
+
+
+def _restore(bench: Benchmark, passage: Passage, rec: Dict[str, Any], vocab: Any,
+             spans_key: str, pipe_name: str) -> Doc:
+    doc = bench.predicted_doc(passage, vocab)
+    spans, scores = [], []
+    for start, end, label, score in rec["spans"]:
+        span = doc.char_span(start, end, label=label, alignment_mode="expand")
+        if span is not None:
+            spans.append(span)
+            scores.append(score)
+    doc.spans[spans_key] = SpanGroup(doc, name=spans_key, spans=spans, attrs={"scores": scores})
+    doc.user_data[pipe_name] = {"replies": rec["replies"], "stats": rec["stats"]}
+    return doc
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    metrics: Dict[str, Any]
+    predictions: List[Dict[str, Any]]
+
+
+def run_benchmark(
+    nlp: Language,
+    bench: Benchmark,
+    cache_path: Path,
+    *,
+    pipe_name: str = "universal_ner",
+    model_config: Optional[Dict[str, Any]] = None,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> DatasetResult:
+    """Predict (resuming from ``cache_path``) and score one benchmark.
+
+    nlp: a pipeline whose ``pipe_name`` component is ``universal_ner``; its
+        labels are replaced per call by the benchmark's types.
+    cache_path: the JSONL cache of finished passages for this dataset.
+    model_config: what identifies the model, for the cache's fingerprint.
+    batch_size: passages per ``nlp.pipe`` batch (all their queries are sent
+        to the student together); the cache is appended after each batch.
+    progress: called with the number of passages just finished.
+    """
+    pipe = nlp.get_pipe(pipe_name)
+    spans_key = pipe.spans_key
+    if not pipe.store_replies:
+        raise ValueError(f"The '{pipe_name}' component needs store_replies = true for benchmarks")
+    component_cfg = {"spans_key": spans_key, "max_passage_tokens": pipe.max_passage_tokens,
+                     "window_overlap": pipe.window_overlap, "dataset": pipe.dataset,
+                     "label_definitions": pipe.label_definitions, "threshold": pipe.threshold}
+    cache = PredictionCache(cache_path, _fingerprint(model_config or {}, bench, component_cfg),
+                            overwrite=overwrite)
+    todo = [p for p in bench.passages if p.id not in cache.records]
+    from_cache = len(bench.passages) - len(todo)
+    if progress and from_cache:
+        progress(from_cache)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        docs = [bench.predicted_doc(p, nlp.vocab) for p in chunk]
+        done = nlp.pipe(docs, batch_size=batch_size,
+                        component_cfg={pipe_name: {"labels": bench.labels}})
+        cache.add(_record(p, d, spans_key, pipe_name) for p, d in zip(chunk, done))
+        if progress:
+            progress(len(chunk))
+    examples, predictions = [], []
+    stats: Counter = Counter()
+    replies, golds = [], []
+    for passage in bench.passages:
+        rec = cache.records[passage.id]
+        pred = _restore(bench, passage, rec, nlp.vocab, spans_key, pipe_name)
+        examples.append(Example(pred, bench.reference_doc(passage, nlp.vocab, spans_key)))
+        stats.update(rec["stats"])
+        for rep in rec["replies"]:
+            predictions.append({
+                "dataset": bench.name, "passage_id": passage.id, "type": rep["label"],
+                "window": rep.get("window"), "reply": rep["reply"],
+                "mentions": rep["mentions"], "error": rep["error"],
+                "gold": passage.answers.get(rep["label"]),
+            })
+            replies.append(rep["reply"])
+            golds.append(passage.answers.get(rep["label"], "[]"))
+    scores = {k: (0.0 if v is None else v)  # nothing to score reads as 0 in reports
+              for k, v in score_all(examples, spans_key=spans_key, replies_key=pipe_name).items()}
+    key = f"spans_{spans_key}"
+    uniner = uniner_string_counts(replies, golds)
+    n_pred = sum(len(eg.predicted.spans[spans_key]) for eg in examples)
+    metrics = {
+        "dataset": bench.name,
+        "source": bench.source,
+        "labels": bench.labels,
+        "strict": {"p": scores[f"{key}_p"], "r": scores[f"{key}_r"], "f": scores[f"{key}_f"],
+                   "per_type": scores[f"{key}_per_type"]},
+        "partial": {"p": scores[f"{key}_partial_p"], "r": scores[f"{key}_partial_r"],
+                    "f": scores[f"{key}_partial_f"],
+                    "per_type": scores[f"{key}_partial_per_type"]},
+        "uniner": {"p": uniner.p, "r": uniner.r, "f": uniner.f,
+                   "reference": reference_prf(uniner), "tp": uniner.tp,
+                   "n_pred": uniner.n_pred, "n_gold": uniner.n_gold,
+                   "per_type": scores[f"{key}_uniner_per_type"]},
+        "counts": {
+            "passages": len(bench.passages),
+            "passages_in_file": bench.stats.get("passages_in_file", len(bench.passages)),
+            "passages_from_cache": from_cache,
+            "queries": stats["queries"],
+            "parse_failures": stats["parse_failures"],
+            "mentions": stats["mentions"],
+            "mentions_not_found": stats["mentions_not_found"],
+            "gold_spans": sum(len(p.spans) for p in bench.passages),
+            "predicted_spans": n_pred,
+            "gold_mentions_not_found": bench.stats.get("gold_mentions_not_found", 0),
+        },
+    }
+    return DatasetResult(bench.name, metrics, predictions)
+
+
+def averages(per_column: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Macro averages of strict / partial / uniner F over the suite's domains and overall."""
+    out: Dict[str, Dict[str, float]] = {}
+    groups = dict(DOMAINS)
+    groups["overall"] = list(per_column)
+    for group, columns in groups.items():
+        present = [c for c in columns if c in per_column]
+        if not present:
+            continue
+        out[group] = {
+            metric: sum(per_column[c][metric]["f"] for c in present) / len(present)
+            for metric in ("strict", "partial", "uniner")
+        }
+        out[group]["datasets"] = len(present)  # type: ignore[assignment]
+    return out
+
+
+def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours",
+                   note: str = "") -> str:
+    """The paper's zero-shot rows beside ours (F1 × 100), one column per dataset + Avg.
+
+    Paper rows are shown only when every column is a suite dataset.
+    """
+    columns = list(per_column)
+    suite = all(c in ZERO_SHOT for c in columns)
+    if suite:
+        columns = [c for c in ZERO_SHOT if c in per_column]
+    header = ["Model"] + columns + ["Avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    if suite:
+        full = len(columns) == len(ZERO_SHOT)
+        for model, row in PAPER_ZERO_SHOT.items():
+            avg = row["Avg"] if full else sum(row[c] for c in columns) / len(columns)
+            cells = [f"{row[c]:.1f}" for c in columns] + [f"{avg:.1f}"]
+            lines.append(f"| {model} (paper) | " + " | ".join(cells) + " |")
+    for metric, label in (("uniner", "UniNER string F1"), ("strict", "strict span F1"),
+                          ("partial", "partial-match F1")):
+        vals = [100 * per_column[c][metric]["f"] for c in columns]
+        cells = [f"{v:.1f}" for v in vals] + [f"{sum(vals) / len(vals):.1f}"]
+        lines.append(f"| {title}: {label} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if note:
+        text += "\n" + note.strip() + "\n"
+    return text
+
+
+def iter_jsonl(path: Path) -> Iterator[Dict[str, Any]]:
+    with Path(path).open(encoding="utf8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+__all__ = [
+    "Benchmark",
+    "DOMAINS",
+    "DatasetResult",
+    "PAPER_PARTIAL",
+    "PAPER_ZERO_SHOT",
+    "PRF",
+    "Passage",
+    "PredictionCache",
+    "ZERO_SHOT",
+    "averages",
+    "bio_entities",
+    "detect_column_order",
+    "load_benchmark",
+    "load_bio",
+    "load_uniner_json",
+    "markdown_table",
+    "run_benchmark",
+    "zero_shot_suite",
+]
