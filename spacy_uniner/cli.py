@@ -156,11 +156,15 @@ def extract(
         fg="cyan",
     )
     if html is not None:
+        import warnings
+
         from spacy import displacy
 
-        page = displacy.render(
-            docs, style="span", page=True, options={"spans_key": "universal_ner"}
-        )
+        with warnings.catch_warnings():  # W117: a document without spans is no news here
+            warnings.filterwarnings("ignore", message=r"\[W117\]")
+            page = displacy.render(
+                docs, style="span", page=True, options={"spans_key": "universal_ner"}
+            )
         html.write_text(page, encoding="utf-8")
         typer.secho(f"wrote {html}", err=True, fg="cyan")
 

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from spacy_uniner.cli import app
+
+runner = CliRunner(env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+
+
+@pytest.fixture
+def texts(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("Ada Lovelace met Charles Babbage in London.", encoding="utf-8")
+    b = tmp_path / "b.txt"
+    b.write_text("Grace Hopper wrote COBOL. 東京", encoding="utf-8")
+    return a, b
+
+
+def extract(*args, input=None):
+    return runner.invoke(app, ["extract", *args], input=input)
+
+
+def test_jsonl_output_and_html(tiny_model_dir, texts, tmp_path):
+    html = tmp_path / "out.html"
+    result = extract("--labels", "person, location", "--model", str(tiny_model_dir),
+                     "--max-new-tokens", "4", "--format", "jsonl", "--html", str(html),
+                     str(texts[0]), str(texts[1]))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["source"] for r in lines] == [str(texts[0]), str(texts[1])]
+    assert lines[1]["text"].endswith("東京")
+    for record in lines:
+        assert set(record) == {"source", "text", "spans", "ents"}
+    page = html.read_text()
+    assert "<html" in page.lower() and "Grace Hopper" in page
+    assert "4 queries" in result.stderr
+
+
+def test_stdin_and_table(tiny_model_dir):
+    result = extract("-l", "person", "--model", str(tiny_model_dir), "--max-new-tokens", "2",
+                     "-", input="Ada Lovelace met Babbage.")
+    assert result.exit_code == 0, result.output
+    assert "-" in result.stdout  # the table is titled with its source
+    assert "1 document(s)" in result.stderr
+
+
+@pytest.mark.parametrize("labels", [",", " , "])
+def test_no_usable_labels(labels, texts):
+    result = extract("--labels", labels, str(texts[0]))
+    assert result.exit_code == 2
+    assert "at least one label" in result.output
+
+
+def test_missing_labels_option(texts):
+    result = extract(str(texts[0]))
+    assert result.exit_code == 2 and "--labels" in result.output
+
+
+def test_missing_and_non_utf8_files(tmp_path):
+    result = extract("-l", "person", str(tmp_path / "nope.txt"))
+    assert result.exit_code == 2 and "nope.txt: no such file" in result.output
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    result = extract("-l", "person", str(bad))
+    assert result.exit_code == 2 and "latin1.txt: not UTF-8" in result.output
+
+
+def test_help_lists_options():
+    result = runner.invoke(app, ["extract", "--help"])
+    assert result.exit_code == 0
+    for option in ("--labels", "--model", "--format", "--html"):
+        assert option in result.stdout

@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import spacy
+
+from spacy_uniner import prompts
+from spacy_uniner.models.hf import HFStudent, answer_complete, make_hf_student_v1
+
+
+@pytest.fixture(scope="module")
+def student(tiny_model_dir):
+    return HFStudent(str(tiny_model_dir), max_new_tokens=6, batch_size=3, threads=1).load()
+
+
+def test_answer_complete():
+    assert answer_complete('["a", "b"]')
+    assert answer_complete('text ["a"] more')
+    assert answer_complete("anything</s>")
+    assert not answer_complete('["a", "b')
+    assert not answer_complete('["a]", ')
+    assert not answer_complete("prose without a list")
+
+
+def test_generate_returns_one_reply_per_prompt_in_order(student):
+    texts = ["Ada Lovelace met Babbage.", "A much longer passage " * 20, "Short."]
+    ps = [prompts.render_query(t, "person") for t in texts]
+    batched = student.generate(ps)
+    single = [student.generate([p])[0] for p in ps]
+    assert len(batched) == 3
+    # left padding: a batch gives the same greedy answers as one prompt at a time
+    assert [g.text for g in batched] == [g.text for g in single]
+    for gen in batched:
+        assert len(gen.token_logprobs) == len(gen.token_offsets) <= 6
+        assert all(lp <= 0 for lp in gen.token_logprobs)
+        assert 0 < gen.confidence(0, len(gen.text)) <= 1
+
+
+def test_generation_token_offsets_cover_the_reply(student):
+    gen = student.generate([prompts.render_query("Paris is in France.", "location")])[0]
+    if gen.token_offsets:
+        assert gen.token_offsets[-1][1] <= len(gen.text) + 1
+        starts = [s for s, _ in gen.token_offsets]
+        assert starts == sorted(starts)
+
+
+def test_token_offsets_are_character_offsets(student):
+    text = "Zoë lives in Zürich 🇨🇭 today."
+    offsets = student.token_offsets(text)
+    assert offsets[0][0] == 0 and offsets[-1][1] == len(text)
+    assert all(0 <= s <= e <= len(text) for s, e in offsets)
+
+
+def test_stops_at_eos_or_marker(tiny_model_dir):
+    s = HFStudent(str(tiny_model_dir), max_new_tokens=4)
+    gen = s._to_generation(
+        [s.tokenizer.convert_tokens_to_ids("a")] + s.tokenizer.encode("</s> tail") ,
+        [-0.1] * 6,
+    )
+    assert gen.text == "a"
+    assert len(gen.token_logprobs) == 1 and math.isclose(gen.confidence(0, 1), math.exp(-0.1))
+
+
+def test_bfloat16_and_bad_settings(tiny_model_dir):
+    s = make_hf_student_v1(name=str(tiny_model_dir), dtype="bfloat16", max_new_tokens=3)
+    assert len(s.generate([prompts.render_query("Paris.", "city")])) == 1
+    with pytest.raises(ValueError, match="dtype"):
+        HFStudent(str(tiny_model_dir), dtype="fp8")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        HFStudent(str(tiny_model_dir), max_new_tokens=0)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    s = HFStudent(str(tmp_path / "nope"))
+    with pytest.raises(OSError, match="nope"):
+        s.load()
+
+
+def test_component_end_to_end_with_tiny_model(tiny_model_config):
+    nlp = spacy.blank("en")
+    nlp.add_pipe(
+        "universal_ner",
+        config={"labels": ["person", "location"], "model": tiny_model_config,
+                "store_replies": True, "max_passage_tokens": 16, "window_overlap": 4},
+    )
+    text = "Ada Lovelace met Charles Babbage in London in 1833. " * 3
+    docs = list(nlp.pipe([text, "Paris.", ""], batch_size=2))
+    pipe = nlp.get_pipe("universal_ner")
+    stats = pipe.stats
+    windows = stats["windows"]
+    assert windows > 3
+    assert stats["queries"] == 2 * windows
+    # every query's raw reply is kept and every failure counted
+    replies = docs[0].user_data["universal_ner"]["replies"] + docs[1].user_data["universal_ner"]["replies"]
+    assert len(replies) == stats["queries"]
+    assert sum(r["error"] is not None for r in replies) == stats["parse_failures"]
+    for doc in docs:
+        group = doc.spans["universal_ner"]
+        assert len(group.attrs["scores"]) == len(group)
