@@ -259,9 +259,16 @@ def make_teacher(config: TeacherConfig, prompt: TeacherPrompt, api_key: Secret, 
 
 
 class TeacherWorker:
-    """Ray actor body: one teacher client, several passages in flight (threads)."""
+    """Ray actor body: one teacher client, several passages in flight (threads).
 
-    def __init__(self, config: TeacherConfig, prompt: TeacherPrompt, api_key: Secret, limiter) -> None:
+    Actors outlive a run inside one Ray session; :meth:`configure` points them
+    at a run's teacher, prompt and limiter.
+    """
+
+    def __init__(self) -> None:
+        self.teacher = None
+
+    def configure(self, config: TeacherConfig, prompt: TeacherPrompt, api_key: Secret, limiter) -> bool:
         import ray
 
         def reserve(tokens: float) -> float:
@@ -272,6 +279,7 @@ class TeacherWorker:
                 limiter.settle.remote(estimated, actual)
 
         self.teacher = make_teacher(config, prompt, api_key, reserve, settle)
+        return True
 
     def ask(self, index: int, passage: str) -> Dict[str, Any]:
         try:
@@ -281,19 +289,9 @@ class TeacherWorker:
         result["index"] = index
         return result
 
-    def ready(self) -> bool:
-        return True
 
-
-def worker_pool(
-    config: TeacherConfig,
-    prompt: TeacherPrompt,
-    api_key: Secret,
-    limiter,
-    workers: int,
-    concurrency: int,
-) -> List[Any]:
+def worker_actors(workers: int, concurrency: int) -> List[Any]:
     import ray
 
     actor = ray.remote(num_cpus=0, max_concurrency=concurrency)(TeacherWorker)
-    return [actor.remote(config, prompt, api_key, limiter) for _ in range(workers)]
+    return [actor.remote() for _ in range(workers)]

@@ -55,6 +55,12 @@ class RateLimiter:
         self.reserved_requests = 0
         self.reserved_tokens = 0.0
 
+    def configure(
+        self, rpm: Optional[float], tpm: Optional[float], burst_seconds: float = 1.0
+    ) -> None:
+        """Start over with new limits (a pooled limiter serving a new run)."""
+        self.__init__(rpm=rpm, tpm=tpm, burst_seconds=burst_seconds, clock=self._clock)
+
     def reserve(self, tokens: float = 0.0) -> float:
         """Reserve one request of ``tokens`` tokens; RETURNS the seconds to wait before sending."""
         with self._lock:

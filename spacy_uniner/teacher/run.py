@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .cache import ReplyCache, cache_key
-from .client import Secret, TeacherConfig, estimate_request_tokens, worker_pool
+from .client import Secret, TeacherConfig, estimate_request_tokens, worker_actors
 from .corpus import (
     MAX_DOC_CHARS,
     MAX_FILE_BYTES,
@@ -122,6 +122,46 @@ def _ray_init(address: Optional[str]) -> bool:
     return True
 
 
+# Worker actors and the limiter, kept per (Ray job, workers, concurrency) so that
+# several runs in one Ray session (a notebook, the tests) start them once.
+_POOLS: Dict[tuple, tuple] = {}
+
+
+def _pool(options: AnnotateOptions, teacher: TeacherConfig, prompt: TeacherPrompt, api_key: Secret):
+    import ray
+
+    context = ray.get_runtime_context()
+    key = (context.gcs_address, context.get_job_id(), options.workers, options.concurrency)
+    for fresh in (False, True):
+        if fresh or key not in _POOLS:
+            _drop_pool(key)
+            _POOLS[key] = (
+                limiter_actor(None, None),
+                worker_actors(options.workers, options.concurrency),
+            )
+        limiter, actors = _POOLS[key]
+        try:
+            ray.get(limiter.configure.remote(options.rpm, options.tpm))
+            ray.get([actor.configure.remote(teacher, prompt, api_key, limiter) for actor in actors])
+            return key, actors
+        except ray.exceptions.RayActorError:
+            if fresh:  # a new pool that cannot start: a real error
+                raise
+    raise AssertionError("unreachable")
+
+
+def _drop_pool(key: tuple) -> None:
+    import ray
+
+    limiter, actors = _POOLS.pop(key, (None, []))
+    for actor in [*actors, limiter]:
+        if actor is not None:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone with an earlier Ray session
+                pass
+
+
 def _ask_teacher(
     todo: List[Passage],
     keys: Dict[str, str],
@@ -136,14 +176,14 @@ def _ask_teacher(
     from tqdm.auto import tqdm
 
     started = _ray_init(options.ray_address)
-    limiter = limiter_actor(options.rpm, options.tpm)
-    actors = worker_pool(teacher, prompt, api_key, limiter, options.workers, options.concurrency)
+    pool_key = None
     failures: Dict[int, Dict] = {}
     counters = Counter()
     usage = Counter()
     asking = time.perf_counter()
+    clean = False
     try:
-        ray.get([actor.ready.remote() for actor in actors])
+        pool_key, actors = _pool(options, teacher, prompt, api_key)
         asking = time.perf_counter()
         max_pending = options.workers * options.concurrency + options.workers
         pending = {}
@@ -182,10 +222,11 @@ def _ask_teacher(
                         logger.warning("Passage %s failed: %s", passage.id, result["error"])
                     bar.update(1)
                     bar.set_postfix(failed=len(failures), refresh=False)
+        clean = True
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        ray.kill(limiter)
+        # A run that stopped half-way leaves tasks queued on the actors: drop them.
+        if pool_key is not None and (started or not clean):
+            _drop_pool(pool_key)
         if started:
             ray.shutdown()
     counters["failed"] = len(failures)
