@@ -190,7 +190,8 @@ def _ask_teacher(
         next_index = 0
         name = teacher.teacher_name
         with tqdm(
-            total=len(todo), desc="teacher", unit="passage", disable=not options.progress
+            total=len(todo), desc="teacher", unit="passage", mininterval=0.5,
+            disable=not options.progress,
         ) as bar:
             while next_index < len(todo) or pending:
                 while next_index < len(todo) and len(pending) < max_pending:

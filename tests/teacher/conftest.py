@@ -34,7 +34,7 @@ def pile_corpus(shared_data) -> Path:
 @pytest.fixture
 def teacher_server(replay_teacher):
     """Factory: ``teacher_server(fail_rate=0.2, ...)`` starts a replay server on 127.0.0.1."""
-    from ray_jobs.teacher_server import TeacherServer
+    from spacy_uniner.teacher.server import TeacherServer
 
     servers = []
 

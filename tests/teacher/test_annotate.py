@@ -43,7 +43,7 @@ def read_rows(out):
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory, ray_cluster, replay_teacher, smollm2_tokenizer_dir, shared_data):
     """40 passages against a teacher that fails 20% of requests with 429 or 500."""
-    from ray_jobs.teacher_server import TeacherServer
+    from spacy_uniner.teacher.server import TeacherServer
 
     corpus = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     with corpus.open("w") as handle:
