@@ -346,63 +346,73 @@ class Chunker:
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _cut_sentence(self, text: str) -> List[str]:
-        """A sentence over the limit: cut at token offsets, between words where possible."""
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+    def _cut_sentence(self, text: str, start: int, end: int) -> List[Tuple[int, int]]:
+        """A sentence over the limit: spans cut at token offsets, between words where possible."""
+        sentence = text[start:end]
+        offsets = self.tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)[
             "offset_mapping"
         ]
-        starts = [start for start, _ in offsets]
-        pieces, i = [], 0
+        starts = [offset for offset, _ in offsets]
+        # A margin of 2: a cut piece can tokenize slightly differently on its own.
+        width = max(1, self.max_tokens - 2)
+        spans, i = [], 0
         while i < len(starts):
-            j = i + self.max_tokens
+            j = i + width
             if j < len(starts):
                 # Back off to a token that starts a word (offsets may include the space).
                 for k in range(j, i, -1):
-                    if text[starts[k]].isspace() or text[starts[k] - 1].isspace():
+                    if sentence[starts[k]].isspace() or sentence[starts[k] - 1].isspace():
                         j = k
                         break
-            end = starts[j] if j < len(starts) else len(text)
-            pieces.append(text[starts[i] : end].strip())
+            piece_end = starts[j] if j < len(starts) else len(sentence)
+            spans.append((start + starts[i], start + piece_end))
             i = j
-        return [p for p in pieces if p]
+        return [_trim(text, a, b) for a, b in spans if text[a:b].strip()]
 
     def chunk(self, document: Document, report: Optional[CorpusReport] = None) -> List[Passage]:
+        """Passages that are verbatim slices of the document, each ≤ ``max_tokens`` tokens."""
         text = document.text.strip()
         if not text:
             return []
         whole = self.count(text)
         if whole <= self.max_tokens:
             return [Passage(f"{document.id}:0", text, whole)]
-        units: List[Tuple[str, int]] = []
+        units: List[Tuple[int, int, int]] = []  # (start, end, tokens)
         for start, end in sentences(text):
-            sentence = text[start:end].strip()
-            n = self.count(sentence)
+            start, end = _trim(text, start, end)
+            n = self.count(text[start:end])
             if n > self.max_tokens:
                 if report is not None:
                     report.split_sentences += 1
-                units.extend((piece, self.count(piece)) for piece in self._cut_sentence(sentence))
+                units.extend((a, b, self.count(text[a:b])) for a, b in self._cut_sentence(text, start, end))
             else:
-                units.append((sentence, n))
+                units.append((start, end, n))
         passages: List[Passage] = []
-        current: List[str] = []
-        size = 0
-        for sentence, n in units:
-            # +1 for the joining space; recounted exactly below.
-            if current and size + n + 1 > self.max_tokens:
-                passages.append(self._make(document, len(passages), current))
-                current, size = [], 0
-            current.append(sentence)
-            size += n + (1 if len(current) > 1 else 0)
-        if current:
-            passages.append(self._make(document, len(passages), current))
+        i = 0
+        while i < len(units):
+            j, size = i, units[i][2]
+            while j + 1 < len(units) and size + units[j + 1][2] + 1 <= self.max_tokens:
+                j += 1
+                size += units[j][2] + 1
+            while True:  # the estimate ignores whitespace between sentences: check exactly
+                piece = text[units[i][0] : units[j][1]]
+                n = self.count(piece)
+                if n <= self.max_tokens or j == i:
+                    break
+                j -= 1
+            passages.append(Passage(f"{document.id}:{len(passages)}", piece, n))
+            i = j + 1
         return passages
 
-    def _make(self, document: Document, index: int, sentences_: List[str]) -> Passage:
-        text = " ".join(sentences_)
-        return Passage(f"{document.id}:{index}", text, self.count(text))
+
+def _trim(text: str, start: int, end: int) -> Tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
-@functools.lru_cache(maxsize=4)
 def load_student_tokenizer(path: Optional[str] = None):
     """The student's tokenizer (the default student's unless ``path`` is given); cached per path."""
     from transformers import AutoTokenizer

@@ -54,7 +54,10 @@ def faulty_run(tmp_path_factory, ray_cluster, replay_teacher, smollm2_tokenizer_
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(handler.format(record))
-    logging.getLogger().addHandler(handler)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)  # every log line of the driver, debug included
     try:
         stats = annotate(
             options(corpus, out, smollm2_tokenizer_dir),
@@ -65,7 +68,8 @@ def faulty_run(tmp_path_factory, ray_cluster, replay_teacher, smollm2_tokenizer_
         yield {"server": server, "stats": stats, "out": out, "corpus": corpus, "logs": records,
                "first_counts": server.stats()}
     finally:
-        logging.getLogger().removeHandler(handler)
+        root.removeHandler(handler)
+        root.setLevel(level)
         server.stop()
 
 

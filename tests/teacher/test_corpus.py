@@ -103,12 +103,14 @@ def test_sentences():
 def test_chunker_respects_limit_and_sentence_boundaries(tokenizer):
     chunker = Chunker(tokenizer, max_tokens=32)
     sentence_list = [f"Sentence number {i} talks about Ada Lovelace in London." for i in range(20)]
-    passages = chunker.chunk(Document("d", " ".join(sentence_list)))
-    assert len(passages) > 1
+    assert len(chunker.chunk(Document("d", " ".join(sentence_list)))) > 1
+    text = "\n".join(sentence_list)
+    passages = chunker.chunk(Document("d", text))
     for passage in passages:
-        assert passage.n_tokens <= 32
+        assert passage.n_tokens <= 32 and len(tokenizer(passage.text)["input_ids"]) <= 32
         assert passage.text.endswith(".")  # cut between sentences
-    assert " ".join(p.text for p in passages) == " ".join(sentence_list)
+        assert passage.text in text  # a verbatim slice of the document
+    assert "\n".join(p.text for p in passages) == text
 
 
 def test_chunker_cuts_an_overlong_sentence(tokenizer):
@@ -117,7 +119,7 @@ def test_chunker_cuts_an_overlong_sentence(tokenizer):
     text = " ".join(f"w{i}" for i in range(100))
     passages = chunker.chunk(Document("d", text), report)
     assert report.split_sentences == 1
-    assert all(p.n_tokens <= 16 for p in passages)
+    assert all(p.n_tokens <= 16 for p in passages) and all(p.text in text for p in passages)
     assert " ".join(p.text for p in passages).split() == text.split()  # nothing lost
 
 

@@ -69,6 +69,32 @@ def test_spacy_llm_backend_asks_the_teacher(teacher_server, replay_teacher, tmp_
     assert not failed["ok"] and "500" in failed["error"]
 
 
+def test_spacy_llm_backend_on_ray(
+    ray_cluster, teacher_server, replay_teacher, small_corpus, tmp_path, smollm2_tokenizer_dir
+):
+    from spacy_uniner.teacher import AnnotateOptions, annotate
+
+    server = teacher_server()
+    config = tmp_path / "teacher.cfg"
+    config.write_text(
+        f'[model]\n@llm_models = "spacy_uniner.OpenAICompatible.v1"\nname = "replay"\n'
+        f'endpoint = "{server.base_url}/chat/completions"\n'
+    )
+    options = AnnotateOptions(
+        corpus=[small_corpus], out=tmp_path / "out", num_passages=6,
+        tokenizer=str(smollm2_tokenizer_dir), progress=False,
+    )
+    teacher = TeacherConfig(model="replay", backend="spacy-llm", llm_config=str(config))
+    stats = annotate(options, teacher, TeacherPrompt.for_variant("definition"), Secret(None))
+    assert stats["passages"] == 6 and server.stats()["requests"] == 6
+    assert stats["teacher"].startswith("spacy-llm:replay:")
+    assert stats["prompt_version"] == "uniner.teacher.definition.v1"
+    rows = [json.loads(line) for line in (tmp_path / "out" / "teacher.jsonl").read_text().splitlines()]
+    for row in rows:  # the definition variant reached the teacher through spacy-llm
+        assert parse_teacher_reply(row["raw_reply"]).items == replay_teacher.pairs(row["text"], "definition")
+        assert all(len(label.split()) > 3 for _, label in row["entities"])
+
+
 def test_cli_help():
     for module, option in (("ray_jobs.annotate", "--num-passages"), ("ray_jobs.teacher_server", "--fail-rate")):
         done = subprocess.run(
