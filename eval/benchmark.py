@@ -68,7 +68,8 @@ def build_nlp(block: Dict[str, Any], max_passage_tokens: int):
     return nlp
 
 
-def write_chart(per_column: Dict[str, Dict[str, Any]], path: Path, title: str) -> None:
+def write_chart(per_column: Dict[str, Dict[str, Any]], path: Path, title: str,
+                subtitle: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,11 +92,14 @@ def write_chart(per_column: Dict[str, Dict[str, Any]], path: Path, title: str) -
     for i, (name, vals) in enumerate(series.items()):
         vals = vals + [sum(vals) / len(vals)]
         xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
-        ax.bar(xs, vals, width, label=name)
+        bars = ax.bar(xs, vals, width, label=name)
+        if not name.endswith("(paper)"):  # ours may be near zero: print the values
+            ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("F1 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Zero-shot NER F1" if suite else "NER F1")
+    ax.set_title(("Zero-shot NER F1" if suite else "NER F1") + (f"\n{subtitle}" if subtitle else ""),
+                 fontsize=10)
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -109,18 +113,21 @@ def main(
         None, exists=True, dir_okay=False, help="JSON model block (overrides --model)"),
     suite: Optional[Suite] = typer.Option(None, help="the paper's zero-shot suite"),
     data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="a benchmark file"),
-    format: Format = typer.Option(Format.uniner, "--format",
-                                  help="uniner JSON; bio (column order detected); bio-rev (tag<TAB>token)"),
+    format: Format = typer.Option(
+        Format.uniner, "--format",
+        help="uniner JSON; bio (column order detected); bio-rev (tag<TAB>token)"),
     label_map: Optional[str] = typer.Option(
         None, help="BIO only: built-in map name (e.g. crossner_ai, mit_movie) or JSON file"),
     name: Optional[str] = typer.Option(None, help="dataset name for --data"),
-    limit: Optional[int] = typer.Option(None, min=1, help="seeded sample of N passages per dataset"),
+    limit: Optional[int] = typer.Option(
+        None, min=1, help="seeded sample of N passages per dataset"),
     seed: int = typer.Option(0, help="seed for --limit"),
     output: Path = typer.Option(Path("eval/results/latest"), help="output folder"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (for --suite)"),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply (HF student)"),
     batch_size: Optional[int] = typer.Option(None, min=1, help="queries per generate call"),
-    passages_per_batch: int = typer.Option(4, min=1, help="passages per pipeline batch / cache write"),
+    passages_per_batch: int = typer.Option(
+        4, min=1, help="passages per pipeline batch / cache write"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, auto (HF student)"),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, ... (HF student)"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
@@ -186,13 +193,15 @@ def main(
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     title = "ours" if model_config else Path(model).name
-    sample = f"a seeded sample of {limit} passages per dataset (seed {seed})" if limit else "all passages"
+    sample = (f"a seeded sample of {limit} passages per dataset (seed {seed})" if limit
+              else "all passages")
     note = (f"F1 × 100. Ours: `{title}` on {sample}. The paper's rows use the full test sets "
             f"and UniNER's string metric (arXiv:2308.03279v2, Tab. 3); compare them with our "
             f"'UniNER string F1' row.")
     table = markdown_table(per_column, title=title, note=note)
     (output / "results.md").write_text(table)
-    write_chart(per_column, output / "f1.png", title)
+    write_chart(per_column, output / "f1.png", title,
+                f"ours: {title}, {sample}" if suite is not None else "")
     typer.echo(table)
     typer.echo(f"wrote {output}/metrics.json, results.md, f1.png, predictions.jsonl")
 

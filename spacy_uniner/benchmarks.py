@@ -99,7 +99,8 @@ class Benchmark:
         for start, end, label in passage.spans:
             span = doc.char_span(start, end, label=label, alignment_mode="expand")
             if span is None:  # only possible for spans over whitespace
-                raise ValueError(f"Gold span {(start, end, label)} of {passage.id} is not alignable")
+                raise ValueError(
+                    f"Gold span {(start, end, label)} of {passage.id} is not alignable")
             spans.append(span)
         doc.spans[spans_key] = SpanGroup(doc, name=spans_key, spans=spans)
         doc.user_data[GOLD_KEY] = dict(passage.answers)
@@ -389,7 +390,8 @@ def load_bio(
         bench.stats["invalid_iob2"] = bench.stats["i_starts"]
     # The types asked: the label map's order (those present), then unmapped ones.
     if mapping is not None:
-        ordered = [lab for lab in dict.fromkeys(v for v in mapping.values() if v) if lab in seen_labels]
+        mapped = dict.fromkeys(v for v in mapping.values() if v)
+        ordered = [lab for lab in mapped if lab in seen_labels]
         ordered += [lab for lab in seen_labels if lab not in ordered]
     else:
         ordered = sorted(seen_labels)
@@ -697,7 +699,8 @@ def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours"
     if suite:
         columns = [c for c in ZERO_SHOT if c in per_column]
     header = ["Model"] + columns + ["Avg"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    rule = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     if suite:
         full = len(columns) == len(ZERO_SHOT)
         for model, row in PAPER_ZERO_SHOT.items():

@@ -109,7 +109,9 @@ class PartialCounts:
         return PRF(self.exact + 0.5 * self.partial, self.n_pred, self.n_gold)
 
 
-def partial_match_counts(pred: Iterable[Span], gold: Iterable[Span]) -> Dict[Hashable, PartialCounts]:
+def partial_match_counts(
+    pred: Iterable[Span], gold: Iterable[Span]
+) -> Dict[Hashable, PartialCounts]:
     """Exact and partial (same-type overlap) matches per label for one document.
 
     pred, gold: ``(start, end, label)`` spans over the same tokens (or

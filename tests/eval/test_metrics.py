@@ -69,8 +69,9 @@ def test_partial_exact_match_is_taken_before_an_overlap():
 
 
 def test_partial_matching_is_one_to_one_and_maximal():
-    # Greedy (1,3)->(0,2) would strand (0,1); the maximum matching pairs both.
-    pred = [(1, 3, "x"), (0, 1, "x")]
+    # (0,3) comes first and overlaps both gold spans: a greedy pass would pair it
+    # with (0,2) and strand (1,2); the maximum matching pairs both predictions.
+    pred = [(1, 2, "x"), (0, 3, "x")]
     gold = [(0, 2, "x"), (2, 4, "x")]
     counts = partial_match_counts(pred, gold)["x"]
     assert (counts.exact, counts.partial) == (0, 2)

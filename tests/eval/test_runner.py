@@ -158,7 +158,8 @@ def test_cache_of_another_model_is_refused(ai_slice, tmp_path):
                                               "replies": {}})
     second = _write_json(tmp_path / "b.json", {"@uniner_models": "test.ScriptedStudent.v1",
                                                "replies": {"person": '["x"]'}})
-    assert _run("--model-config", first, "--data", ai_slice, "--output", out, "--quiet").exit_code == 0
+    result = _run("--model-config", first, "--data", ai_slice, "--output", out, "--quiet")
+    assert result.exit_code == 0
     result = _run("--model-config", second, "--data", ai_slice, "--output", out, "--quiet")
     assert result.exit_code != 0
     assert "different model" in str(result.exception)

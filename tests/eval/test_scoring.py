@@ -90,7 +90,8 @@ def test_v2_no_predictions_and_no_gold(tmp_path):
     bench = load_uniner_json(path)
     nlp = _nlp(store_replies=True)
     nlp.get_pipe("universal_ner").model.replies = {"person": "[]"}
-    scores = nlp.evaluate(_examples(bench, nlp), component_cfg={"universal_ner": {"labels": ["person"]}})
+    scores = nlp.evaluate(_examples(bench, nlp),
+                          component_cfg={"universal_ner": {"labels": ["person"]}})
     for kind in ("", "_partial", "_uniner"):  # nothing to score: None, as spaCy does
         assert scores[f"spans_universal_ner{kind}_f"] is None
 
