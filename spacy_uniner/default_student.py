@@ -104,8 +104,20 @@ def ensure_default_student(path: Optional[Path] = None) -> Path:
     return path
 
 
+BASE_MODEL = "smollm2-135m-instruct"
+#: The distilled default student: a LoRA adapter over the base, shipped in the package.
+SHIPPED_ADAPTER = Path(__file__).parent / "students" / "uniner-smollm2-135m"
+
+
+def default_adapter() -> Optional[Path]:
+    """The shipped adapter of the default student, if this install has one."""
+    return SHIPPED_ADAPTER if (SHIPPED_ADAPTER / "adapter_config.json").exists() else None
+
+
 def resolve_model(name: str) -> str:
-    """Map ``"default"`` to the converted default student; other names pass through."""
-    if name == DEFAULT_MODEL:
+    """Map ``"default"`` and ``"smollm2-135m-instruct"`` to the converted base model
+    folder; other names pass through. (``"default"`` adds the shipped adapter,
+    see :func:`default_adapter`.)"""
+    if name in (DEFAULT_MODEL, BASE_MODEL):
         return str(ensure_default_student())
     return name

@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..default_student import resolve_model
+from ..default_student import DEFAULT_MODEL, default_adapter, resolve_model
 from ..parsing import STOP_MARKER, _Scan
 from ..registry import uniner_models
 from .base import Generation
@@ -41,6 +41,7 @@ class HFStudent:
         batch_size: int = 8,
         threads: Optional[int] = None,
         allow_download: bool = False,
+        adapter: Optional[str] = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -56,11 +57,18 @@ class HFStudent:
         self.batch_size = batch_size
         self.threads = threads
         self.allow_download = allow_download
+        if adapter is None and name == DEFAULT_MODEL:
+            shipped = default_adapter()
+            adapter = str(shipped) if shipped else None
+        self.adapter = adapter
         self._model: Any = None
         self._tokenizer: Any = None
 
     def __repr__(self) -> str:
-        return f"HFStudent({self.name!r}, device={self.device!r}, dtype={self.dtype!r})"
+        return (
+            f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
+            f"dtype={self.dtype!r})"
+        )
 
     @property
     def path(self) -> str:
@@ -99,6 +107,11 @@ class HFStudent:
         except OSError as err:
             hint = "" if self.allow_download else " (downloads are off: allow_download = true)"
             raise OSError(f"Could not load student model {self.name!r}{hint}: {err}") from err
+        if self.adapter:
+            from peft import PeftModel
+
+            # Merged once: inference then costs what the base model costs.
+            model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -195,7 +208,9 @@ class HFStudent:
 
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "student.json").write_text(
-            json.dumps({"name": self.name, "resolved": self.path}, indent=2)
+            json.dumps(
+                {"name": self.name, "resolved": self.path, "adapter": self.adapter}, indent=2
+            )
         )
 
 
@@ -208,6 +223,7 @@ def make_hf_student_v1(
     batch_size: int = 8,
     threads: Optional[int] = None,
     allow_download: bool = False,
+    adapter: Optional[str] = None,
 ) -> HFStudent:
     """An in-process Hugging Face student.
 
@@ -219,6 +235,9 @@ def make_hf_student_v1(
     batch_size (int): queries per generate call.
     threads (Optional[int]): torch threads, unchanged if None.
     allow_download (bool): let transformers fetch a hub id that is not cached.
+    adapter (Optional[str]): a PEFT (LoRA) adapter folder, merged into the model
+        at load time. With name "default" the shipped distilled adapter is used
+        unless another is given; name "smollm2-135m-instruct" is the bare base.
     """
     return HFStudent(
         name,
@@ -228,4 +247,5 @@ def make_hf_student_v1(
         batch_size=batch_size,
         threads=threads,
         allow_download=allow_download,
+        adapter=adapter,
     )

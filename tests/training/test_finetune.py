@@ -1,0 +1,88 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spacy_uniner.training.data import build_conversations, conversations_to_dataset, read_pile_ner
+from spacy_uniner.training.finetune import FinetuneConfig, finetune
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, shared_data):
+    passages = read_pile_ner(shared_data / "pile-ner" / "pile_ner_type_subset.jsonl")[:24]
+    convs, stats = build_conversations(passages, seed=0)
+    path = tmp_path_factory.mktemp("instruct")
+    conversations_to_dataset(convs).save_to_disk(str(path))
+    (path / "stats.json").write_text(json.dumps({"conversations": stats.conversations}))
+    return path
+
+
+def config(data_dir, output, tiny_model_dir, **kw):
+    base = dict(data=str(data_dir), output=str(output), base_model=str(tiny_model_dir),
+                max_steps=2, batch_size=2, grad_accum=1, max_length=384, save_steps=1,
+                threads=1, bf16="false")
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def test_lora_run_saves_adapter_config_and_metrics(data_dir, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    metrics = finetune(config(data_dir, out, tiny_model_dir))
+    assert metrics["steps"] == 2 and metrics["train_loss"] > 0
+    assert (out / "adapter" / "adapter_config.json").exists()
+    record = json.loads((out / "uniner_training.json").read_text())
+    assert record["config"]["max_steps"] == 2 and record["data_stats"] == {"conversations": 24}
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    # a finished run is skipped ...
+    assert finetune(config(data_dir, out, tiny_model_dir, max_steps=5))["steps"] == 2
+    # ... and the adapter loads into the component's backend
+    from spacy_uniner.models.hf import HFStudent
+    from spacy_uniner import prompts
+
+    student = HFStudent(str(tiny_model_dir), adapter=str(out / "adapter"), max_new_tokens=3)
+    assert len(student.generate([prompts.render_query("Paris.", "city")])) == 1
+
+
+def test_interrupted_run_resumes_from_checkpoint(data_dir, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    finetune(config(data_dir, out, tiny_model_dir, max_steps=2))
+    (out / "metrics.json").unlink()  # as if the process died after its checkpoints
+    metrics = finetune(config(data_dir, out, tiny_model_dir, max_steps=3))
+    assert metrics["resumed_from"].endswith("checkpoint-2")
+    assert metrics["steps"] == 3
+
+
+def test_full_finetune(data_dir, tmp_path, tiny_model_dir):
+    out = tmp_path / "full"
+    metrics = finetune(config(data_dir, out, tiny_model_dir, lora=False, max_steps=1, packing=True))
+    assert metrics["lora"] is False and (out / "model" / "config.json").exists()
+
+
+def test_missing_data_is_a_clear_error(tmp_path, tiny_model_dir):
+    with pytest.raises(FileNotFoundError, match="train.build_data"):
+        finetune(config(tmp_path / "nothing", tmp_path / "out", tiny_model_dir))
+
+
+def test_ray_train_with_two_cpu_workers(data_dir, tmp_path, tiny_model_dir):
+    out = tmp_path / "ray-run"
+    code = f"""
+import json, os, ray
+os.environ["RAY_AUTH_MODE"] = "disabled"
+ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/ray-uniner-train")
+from spacy_uniner.training.finetune import FinetuneConfig, finetune
+cfg = FinetuneConfig(data={str(data_dir)!r}, output={str(out)!r}, base_model={str(tiny_model_dir)!r},
+                     max_steps=2, batch_size=2, grad_accum=1, max_length=384, save_steps=10,
+                     threads=1, bf16="false", workers=2)
+print(json.dumps(finetune(cfg)))
+ray.shutdown()
+"""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+           "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600, env=env, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["workers"] == 2 and metrics["steps"] == 2
+    assert (out / "adapter" / "adapter_config.json").exists()

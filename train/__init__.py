@@ -1,0 +1,1 @@
+"""Instruction-tuning entry points: ``python -m train.build_data``, ``python -m train.finetune``."""
