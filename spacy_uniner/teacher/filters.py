@@ -6,7 +6,7 @@ A reply is parsed with :func:`spacy_uniner.parsing.parse_teacher_reply`
 * a reply with no list at all is dropped as ``unparseable_reply`` (the passage
   is kept with no entities only if the list was empty, never by accident);
 * items that are not a ``(mention, type)`` pair of strings: ``malformed_item``;
-* mentions or types outside the Latin script: ``non_english``;
+* mentions or types written mostly outside the Latin script: ``non_english``;
 * types of the ELSE family (None, NA, MISC, ELSE, other, unknown ...): ``else_type``;
 * mentions longer than ``max_mention_chars``: ``overlong_mention``.
 """
@@ -66,13 +66,18 @@ def is_else_type(label: str) -> bool:
 
 
 def is_english(text: str) -> bool:
-    """True when every letter of ``text`` is Latin script (accents allowed)."""
+    """True unless most letters of ``text`` are outside the Latin script.
+
+    Accents (Zürich) and a stray Greek letter in a Latin word (α-synuclein)
+    pass; Chinese, Cyrillic, Arabic ... strings do not.
+    """
+    letters = other = 0
     for ch in text:
-        if ch.isalpha() and ch.isascii() is False:
-            name = unicodedata.name(ch, "")
-            if not name.startswith("LATIN"):
-                return False
-    return True
+        if ch.isalpha():
+            letters += 1
+            if not ch.isascii() and not unicodedata.name(ch, "").startswith("LATIN"):
+                other += 1
+    return other * 2 <= letters
 
 
 def filter_reply(reply: str, max_mention_chars: int = MAX_MENTION_CHARS) -> FilteredReply:

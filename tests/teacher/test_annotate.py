@@ -211,3 +211,24 @@ def test_failed_passages_go_to_errors_and_are_retried(
     stats = annotate(opts, config, TeacherPrompt.for_variant("type"), Secret(None))
     assert stats["passages"] == 5 and stats["failed_passages"] == 0
     assert (out / "errors.jsonl").read_text() == ""
+
+
+def test_bad_corpus_does_not_crash_the_run(tmp_path, smollm2_tokenizer_dir, teacher_server):
+    server = teacher_server()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.txt").write_bytes(b"")
+    (bad / "blob.txt").write_bytes(b"\x00\x01\x02" * 100)
+    (bad / "latin1.txt").write_bytes("Caf\xe9".encode("latin-1"))
+    stats = annotate(
+        options(bad, tmp_path / "out", smollm2_tokenizer_dir),
+        teacher(server),
+        TeacherPrompt.for_variant("type"),
+        Secret(None),
+    )
+    assert stats["passages"] == 0 and server.stats() == {}
+    messages = "\n".join(stats["corpus"]["messages"])
+    for name in ("empty.txt: empty file", "blob.txt: binary content", "latin1.txt: not valid UTF-8"):
+        assert name in messages
+    assert pq.read_table(tmp_path / "out" / "teacher.parquet").num_rows == 0
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["corpus"]["skipped_files"]

@@ -65,4 +65,5 @@ def test_else_family_and_non_english_are_dropped_by_reason():
 
 def test_helpers():
     assert is_else_type(" Misc. ") and is_else_type("NA") and not is_else_type("nation")
-    assert is_english("Zürich") and not is_english("Москва")
+    assert is_english("Zürich") and is_english("α-synuclein") and is_english("2024")
+    assert not is_english("Москва") and not is_english("折扣券报告")
