@@ -208,3 +208,20 @@ def test_zero_shot_suite_mit_movie_from_bio(shared_data):
                             "average ratings", "review", "song", "title", "trailer", "year"]
     assert suite["Restaurant"].labels[:4] == ["Amenity", "Location", "Cuisine", "Restaurant Name"]
     assert len(movie.passages) == len(suite["Restaurant"].passages) == 2
+
+
+def test_uniner_passage_text_is_kept_exactly(tmp_path, vocab):
+    """The prompt must hold the file's passage unchanged, odd whitespace included."""
+    text = " Ada  Lovelace\twrote\n notes . "
+    item = {"id": "w", "conversations": [
+        {"from": "human", "value": f"Text: {text}"},
+        {"from": "gpt", "value": "I've read this text."},
+        {"from": "human", "value": "What describes person in the text?"},
+        {"from": "gpt", "value": '["Ada Lovelace"]'}]}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps([item]))
+    passage = load_uniner_json(path).passages[0]
+    assert passage.text == text
+    doc = load_uniner_json(path).reference_doc(passage, vocab)
+    assert doc.text == text
+    assert [s.text for s in doc.spans["universal_ner"]] == ["Ada  Lovelace"]
