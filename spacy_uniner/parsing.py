@@ -73,10 +73,17 @@ def _literal(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
+    # CPython 3.11 can raise a spurious SystemError ("AST constructor recursion
+    # depth mismatch", gh-106905) when other threads are alive (Ray, servers):
+    # one more try, then the reply counts as unparseable instead of crashing.
+    for _ in range(2):
+        try:
+            return ast.literal_eval(text)
+        except SystemError:
+            continue
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    return None
 
 
 def _find_list(reply: str) -> Tuple[Optional[list], List[str], Optional[str]]:
