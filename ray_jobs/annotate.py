@@ -18,14 +18,20 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    corpus: List[Path] = typer.Option(..., help="Text file, folder, JSONL, parquet or datasets folder (repeatable)."),
+    corpus: List[Path] = typer.Option(
+        ..., help="Text file, folder, JSONL, parquet or datasets folder (repeatable)."
+    ),
     out: Path = typer.Option(..., help="Output folder."),
     num_passages: Optional[int] = typer.Option(None, help="Passages to sample (default: all)."),
     seed: int = typer.Option(0, help="Seed of the passage sample."),
     model: str = typer.Option("gpt-3.5-turbo", help="Teacher model name."),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (default: OpenAI's)."),
+    base_url: Optional[str] = typer.Option(
+        None, help="OpenAI-compatible base URL (default: OpenAI's)."
+    ),
     backend: str = typer.Option("openai", help="openai or spacy-llm."),
-    llm_config: Optional[Path] = typer.Option(None, help="spacy-llm backend: a .cfg with a [model] block."),
+    llm_config: Optional[Path] = typer.Option(
+        None, help="spacy-llm backend: a .cfg with a [model] block."
+    ),
     variant: str = typer.Option("type", help="Prompt variant: type or definition."),
     prompt_template: Optional[Path] = typer.Option(
         None, help="Custom user template file containing {passage} (changes the cache key)."
@@ -39,11 +45,15 @@ def main(
     timeout: float = typer.Option(60.0, help="Seconds per attempt."),
     text_field: str = typer.Option("text", help="Text field of JSONL / parquet / datasets inputs."),
     max_passage_tokens: int = typer.Option(256, help="Passage length in student tokens."),
-    tokenizer: Optional[str] = typer.Option(None, help="Student tokenizer folder (default student's)."),
+    tokenizer: Optional[str] = typer.Option(
+        None, help="Student tokenizer folder (default student's)."
+    ),
     cache: Optional[Path] = typer.Option(None, help="Reply cache file (default OUT/cache.sqlite)."),
     price_in: float = typer.Option(0.5, help="USD per 1M prompt tokens, for the cost estimate."),
     price_out: float = typer.Option(1.5, help="USD per 1M completion tokens."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: start a local one)."),
+    ray_address: Optional[str] = typer.Option(
+        None, help="Ray cluster to join (default: start a local one)."
+    ),
     ask: bool = typer.Option(True, help="--no-ask: only rebuild the outputs from the cache."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -94,7 +104,9 @@ def main(
         progress=progress,
         ask=ask,
     )
-    stats = annotate(options, teacher, prompt, Secret.from_env(), echo=lambda m: typer.echo(m, err=True))
+    stats = annotate(
+        options, teacher, prompt, Secret.from_env(), echo=lambda m: typer.echo(m, err=True)
+    )
     typer.echo(format_summary(stats))
     if stats["failed_passages"]:
         typer.echo(

@@ -22,10 +22,16 @@ def main(
     port: int = typer.Option(8765, help="Port on 127.0.0.1 (0: any free port)."),
     data_dir: Path = typer.Option(DEFAULT_DATA, help="The shared data folder (holds pile-ner/)."),
     fail_rate: float = typer.Option(0.0, help="Share of requests answered with an error."),
-    fail_status: str = typer.Option("429", help="Error statuses to inject, comma separated: 429,500,503."),
+    fail_status: str = typer.Option(
+        "429", help="Error statuses to inject, comma separated: 429,500,503."
+    ),
     delay_ms: float = typer.Option(0.0, help="Latency added to every request."),
-    garbage_rate: float = typer.Option(0.0, help="Share of replies damaged (prose, truncation, quotes ...)."),
-    retry_after_ms: Optional[int] = typer.Option(None, help="Send retry-after-ms with injected errors."),
+    garbage_rate: float = typer.Option(
+        0.0, help="Share of replies damaged (prose, truncation, quotes ...)."
+    ),
+    retry_after_ms: Optional[int] = typer.Option(
+        None, help="Send retry-after-ms with injected errors."
+    ),
     seed: int = typer.Option(0, help="Seed of the fault injection."),
 ) -> None:
     """Serve the replay teacher until interrupted."""
@@ -38,10 +44,20 @@ def main(
         raise typer.BadParameter(f"--fail-status accepts 429, 500, 503; got {bad}")
     teacher = ReplayTeacher.from_shared_data(data_dir)
     server = TeacherServer(
-        teacher, port, fail_rate=fail_rate, fail_status=statuses, delay_ms=delay_ms,
-        garbage_rate=garbage_rate, retry_after_ms=retry_after_ms, seed=seed,
+        teacher,
+        port,
+        fail_rate=fail_rate,
+        fail_status=statuses,
+        delay_ms=delay_ms,
+        garbage_rate=garbage_rate,
+        retry_after_ms=retry_after_ms,
+        seed=seed,
     )
-    typer.echo(f"replay teacher on {server.base_url} ({len(teacher.passages())} passages); /stats counts requests", err=True)
+    typer.echo(
+        f"replay teacher on {server.base_url} ({len(teacher.passages())} passages); "
+        "GET /stats counts requests",
+        err=True,
+    )
     try:
         server.serve()
     except KeyboardInterrupt:

@@ -17,14 +17,14 @@ from .run import AnnotateOptions, annotate
 from .stats import format_summary, head_tail_table
 
 __all__ = [
+    "DROP_REASONS",
+    "PROMPT_VERSIONS",
     "AnnotateOptions",
     "Chunker",
     "CorpusReport",
-    "DROP_REASONS",
     "Document",
     "FilteredReply",
     "OpenAITeacher",
-    "PROMPT_VERSIONS",
     "Passage",
     "RateLimiter",
     "ReplyCache",

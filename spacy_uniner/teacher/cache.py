@@ -1,4 +1,6 @@
-"""The disk cache of teacher replies: SQLite, keyed by (teacher model, prompt fingerprint, passage hash).
+"""The disk cache of teacher replies.
+
+SQLite, keyed by (teacher model, prompt fingerprint, passage hash).
 
 Each reply is committed as soon as it arrives, so a run that is killed keeps
 every answer it paid for and the next run asks only for the rest. Only
@@ -73,7 +75,16 @@ class ReplyCache:
     ) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, model, prompt_fingerprint, passage_hash, reply, json.dumps(usage), finish_reason, time.time()),
+            (
+                key,
+                model,
+                prompt_fingerprint,
+                passage_hash,
+                reply,
+                json.dumps(usage),
+                finish_reason,
+                time.time(),
+            ),
         )
         self._db.commit()
 

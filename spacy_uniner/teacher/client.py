@@ -67,9 +67,13 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in ("openai", "spacy-llm"):
-            raise ValueError(f"Unknown teacher backend {self.backend!r}; use 'openai' or 'spacy-llm'.")
+            raise ValueError(
+                f"Unknown teacher backend {self.backend!r}; use 'openai' or 'spacy-llm'."
+            )
         if self.backend == "spacy-llm" and not self.llm_config:
-            raise ValueError("The spacy-llm backend needs llm_config: a .cfg file with a [model] block.")
+            raise ValueError(
+                "The spacy-llm backend needs llm_config: a .cfg file with a [model] block."
+            )
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be ≥ 1; got {self.max_attempts}")
 
@@ -219,7 +223,11 @@ class SpacyLLMTeacher:
             reply = list(list(self.model([[user]]))[0])[0]
         except Exception as err:  # spacy-llm raises ValueError/ConnectionError/TimeoutError
             self._settle(estimate, 0)
-            return {"ok": False, "error": f"{type(err).__name__}: {_short(str(err))}", "attempts": 1}
+            return {
+                "ok": False,
+                "error": f"{type(err).__name__}: {_short(str(err))}",
+                "attempts": 1,
+            }
         usage = _estimated_usage(estimate - self.config.expected_completion_tokens, reply)
         self._settle(estimate, usage["total_tokens"])
         return {"ok": True, "reply": reply, "usage": usage, "finish_reason": None, "attempts": 1}
@@ -268,7 +276,9 @@ class TeacherWorker:
     def __init__(self) -> None:
         self.teacher = None
 
-    def configure(self, config: TeacherConfig, prompt: TeacherPrompt, api_key: Secret, limiter) -> bool:
+    def configure(
+        self, config: TeacherConfig, prompt: TeacherPrompt, api_key: Secret, limiter
+    ) -> bool:
         import ray
 
         def reserve(tokens: float) -> float:
@@ -285,7 +295,11 @@ class TeacherWorker:
         try:
             result = self.teacher.ask(passage)
         except Exception as err:  # never lose a passage to a worker exception
-            result = {"ok": False, "error": f"{type(err).__name__}: {_short(str(err))}", "attempts": 0}
+            result = {
+                "ok": False,
+                "error": f"{type(err).__name__}: {_short(str(err))}",
+                "attempts": 0,
+            }
         result["index"] = index
         return result
 

@@ -11,7 +11,6 @@ student tokenizer on sentence boundaries; a single sentence longer than that is
 cut at token boundaries (and counted), so nothing is dropped silently.
 """
 
-import functools
 import hashlib
 import heapq
 import json
@@ -162,7 +161,9 @@ def _read_text(path: Path, report: CorpusReport, max_chars: int) -> Iterator[Doc
                     buffer, size = [], 0
             text = "".join(buffer).strip()
             if text:
-                for doc_id, piece in _split_long(text, f"{path.name}#{index}", path, report, max_chars):
+                for doc_id, piece in _split_long(
+                    text, f"{path.name}#{index}", path, report, max_chars
+                ):
                     yield Document(doc_id, piece)
     except UnicodeDecodeError as err:
         report.problem(
@@ -181,7 +182,9 @@ def _read_jsonl(path: Path, report: CorpusReport, text_field: str, max_chars: in
             try:
                 record = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as err:
-                report.problem(f"{path}:{number}: not valid UTF-8 ({err.reason}); line skipped.", bad)
+                report.problem(
+                    f"{path}:{number}: not valid UTF-8 ({err.reason}); line skipped.", bad
+                )
                 bad += 1
                 continue
             except ValueError as err:
@@ -191,7 +194,8 @@ def _read_jsonl(path: Path, report: CorpusReport, text_field: str, max_chars: in
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 report.problem(
-                    f"{path}:{number}: no string field {text_field!r} (--text-field); line skipped.",
+                    f"{path}:{number}: no string field {text_field!r} (--text-field); "
+                    "line skipped.",
                     bad,
                 )
                 bad += 1
@@ -209,7 +213,9 @@ def _read_rows(rows: Iterable[object], name: str, path: Path, report, text_field
     bad = 0
     for number, text in enumerate(rows):
         if not isinstance(text, str):
-            report.problem(f"{path}: row {number} field {text_field!r} is not a string; skipped.", bad)
+            report.problem(
+                f"{path}: row {number} field {text_field!r} is not a string; skipped.", bad
+            )
             bad += 1
             continue
         if text.strip():
@@ -384,7 +390,9 @@ class Chunker:
             if n > self.max_tokens:
                 if report is not None:
                     report.split_sentences += 1
-                units.extend((a, b, self.count(text[a:b])) for a, b in self._cut_sentence(text, start, end))
+                units.extend(
+                    (a, b, self.count(text[a:b])) for a, b in self._cut_sentence(text, start, end)
+                )
             else:
                 units.append((start, end, n))
         passages: List[Passage] = []

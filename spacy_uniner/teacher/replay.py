@@ -20,7 +20,10 @@ _DEFINITION = re.compile(r"DEFINITION:\s*(.+)")
 
 def render_reply(pairs: List[Pair]) -> str:
     """The Fig. 1 reply format, strings quoted like JSON."""
-    inner = ", ".join(f"({json.dumps(m, ensure_ascii=False)}, {json.dumps(t, ensure_ascii=False)})" for m, t in pairs)
+    inner = ", ".join(
+        f"({json.dumps(m, ensure_ascii=False)}, {json.dumps(t, ensure_ascii=False)})"
+        for m, t in pairs
+    )
     return f"[{inner}]"
 
 
@@ -51,7 +54,9 @@ class ReplayTeacher:
     @classmethod
     def from_shared_data(cls, data_dir: Path) -> "ReplayTeacher":
         folder = Path(data_dir) / "pile-ner"
-        return cls(folder / "pile_ner_type_subset.jsonl", folder / "pile_ner_definition_subset.jsonl")
+        return cls(
+            folder / "pile_ner_type_subset.jsonl", folder / "pile_ner_definition_subset.jsonl"
+        )
 
     def passages(self) -> List[str]:
         return list(self.answers["type"])

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -69,7 +69,6 @@ class AnnotateOptions:
     max_doc_chars: int = MAX_DOC_CHARS
     max_file_bytes: int = MAX_FILE_BYTES
     ask: bool = True  # False: only rebuild outputs from the cache
-    extra: Dict = field(default_factory=dict)
 
 
 def _schema():
@@ -190,7 +189,10 @@ def _ask_teacher(
         next_index = 0
         name = teacher.teacher_name
         with tqdm(
-            total=len(todo), desc="teacher", unit="passage", mininterval=0.5,
+            total=len(todo),
+            desc="teacher",
+            unit="passage",
+            mininterval=0.5,
             disable=not options.progress,
         ) as bar:
             while next_index < len(todo) or pending:
@@ -284,10 +286,11 @@ def annotate(
         todo = [p for p in passages if keys[p.hash] not in cached]
         est_in = sum(estimate_request_tokens(prompt, p.text, 0) for p in todo)
         est_out = len(todo) * (prompt.max_tokens or teacher.expected_completion_tokens)
+        est_cost = estimate_cost(est_in, est_out, options.price_in, options.price_out)
         echo(
             f"{len(passages)} passages sampled from {report.documents} documents; "
             f"{len(passages) - len(todo)} cached, {len(todo)} to ask {name}. "
-            f"Estimated cost of this run: ${estimate_cost(est_in, est_out, options.price_in, options.price_out):.4f} "
+            f"Estimated cost of this run: ${est_cost:.4f} "
             f"(~{est_in:,} prompt + ~{est_out:,} completion tokens)."
         )
         run = {"counters": Counter(), "usage": Counter(), "failures": {}}

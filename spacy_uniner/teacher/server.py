@@ -100,12 +100,16 @@ class TeacherServer:
             kind = "rate_limit_exceeded" if status == 429 else "server_error"
             return status, {"error": {"message": f"injected {status}", "type": kind}}, headers
         messages = body.get("messages") or []
-        user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+        user = next(
+            (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
+        )
         if not isinstance(user, str):
             self._count("status_400")
             return 400, {"error": {"message": "content must be a string", "type": "invalid"}}, {}
         passage = passage_from_user_message(user)
-        reply = self.teacher.reply(passage if passage is not None else user, variant_of_user_message(user))
+        reply = self.teacher.reply(
+            passage if passage is not None else user, variant_of_user_message(user)
+        )
         if self.garbage_rate and self._draw() < self.garbage_rate:
             reply = GARBAGE[int(self._draw() * len(GARBAGE))](reply)
             self._count("garbage")
@@ -155,7 +159,9 @@ class TeacherServer:
                 if self.path.rstrip("/") == "/stats":
                     self._send(200, server.stats())
                 elif self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": "replay", "object": "model"}]})
+                    self._send(
+                        200, {"object": "list", "data": [{"id": "replay", "object": "model"}]}
+                    )
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 

@@ -99,8 +99,8 @@ def format_summary(stats: Dict) -> str:
     ]
     for row in stats["head_tail"]:
         lines.append(
-            f"  {row['band']:<8} {row['types']:>6} {row['mentions']:>9} {_fmt_pct(row['share']):>7}  "
-            + ", ".join(row["examples"])
+            f"  {row['band']:<8} {row['types']:>6} {row['mentions']:>9} "
+            f"{_fmt_pct(row['share']):>7}  " + ", ".join(row["examples"])
         )
     usage = stats["usage"]
     lines.append(
@@ -113,10 +113,13 @@ def format_summary(stats: Dict) -> str:
     if corpus.get("messages") or corpus.get("skipped_files"):
         lines.append(
             f"corpus problems: {len(corpus['messages'])} messages "
-            f"(+{corpus.get('suppressed_messages', 0)} more), skipped files: {len(corpus['skipped_files'])}"
+            f"(+{corpus.get('suppressed_messages', 0)} more), "
+            f"skipped files: {len(corpus['skipped_files'])}"
         )
-    lines.append(f"time: {run['seconds']:.1f} s in all, {run['ask_seconds']:.1f} s asking "
-        f"({run['calls_per_minute']:.0f} calls/min)")
+    lines.append(
+        f"time: {run['seconds']:.1f} s in all, {run['ask_seconds']:.1f} s asking "
+        f"({run['calls_per_minute']:.0f} calls/min)"
+    )
     return "\n".join(lines)
 
 

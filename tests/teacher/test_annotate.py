@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def options(corpus, out, tokenizer_dir, **kwargs):
     defaults = dict(
-        corpus=[corpus], out=out, tokenizer=str(tokenizer_dir), workers=2, concurrency=4,
+        corpus=[corpus],
+        out=out,
+        tokenizer=str(tokenizer_dir),
+        workers=2,
+        concurrency=4,
         progress=False,
     )
     defaults.update(kwargs)
@@ -30,7 +34,9 @@ def options(corpus, out, tokenizer_dir, **kwargs):
 
 
 def teacher(server, **kwargs):
-    return TeacherConfig(model="replay", base_url=server.base_url, max_attempts=8, timeout=10, **kwargs)
+    return TeacherConfig(
+        model="replay", base_url=server.base_url, max_attempts=8, timeout=10, **kwargs
+    )
 
 
 def read_rows(out):
@@ -65,8 +71,14 @@ def faulty_run(tmp_path_factory, ray_cluster, replay_teacher, smollm2_tokenizer_
             TeacherPrompt.for_variant("type"),
             Secret(SECRET_KEY),
         )
-        yield {"server": server, "stats": stats, "out": out, "corpus": corpus, "logs": records,
-               "first_counts": server.stats()}
+        yield {
+            "server": server,
+            "stats": stats,
+            "out": out,
+            "corpus": corpus,
+            "logs": records,
+            "first_counts": server.stats(),
+        }
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
@@ -93,7 +105,11 @@ def test_faults_every_passage_exactly_once(faulty_run):
     assert row["teacher"] == "replay" and row["prompt_version"] == "uniner.teacher.type.v1"
     assert row["raw_reply"].startswith("[") and row["usage"]["total_tokens"] > 0
     saved = json.loads((out / "stats.json").read_text())
-    assert saved["passages"] == sampled and set(saved["dropped"]) >= {"unparseable_reply", "else_type", "non_english"}
+    assert saved["passages"] == sampled and set(saved["dropped"]) >= {
+        "unparseable_reply",
+        "else_type",
+        "non_english",
+    }
 
 
 def test_rerun_makes_zero_calls(faulty_run, smollm2_tokenizer_dir):
@@ -125,7 +141,9 @@ def test_prompt_change_asks_again(faulty_run, smollm2_tokenizer_dir):
     )
     sampled = stats["run"]["sampled"]
     assert server.stats()["requests"] == stats["run"]["calls"] == sampled
-    assert {r["prompt_version"] for r in read_rows(faulty_run["out"])} == {"uniner.teacher.type.v1+custom"}
+    assert {r["prompt_version"] for r in read_rows(faulty_run["out"])} == {
+        "uniner.teacher.type.v1+custom"
+    }
     # 1200 rpm = 20/s with a burst of 20: the shared limit paces the rest.
     assert stats["run"]["ask_seconds"] >= (sampled - 20) / 20 * 0.9
 
@@ -152,11 +170,30 @@ def test_killed_run_resumes_without_duplicates(
     out = tmp_path / "out"
     env = dict(os.environ, OPENAI_API_KEY=SECRET_KEY, RAY_AUTH_MODE="disabled")
     command = [
-        sys.executable, "-m", "ray_jobs.annotate", "--corpus", str(small_corpus), "--out", str(out),
-        "--model", "replay", "--base-url", server.base_url, "--workers", "1", "--concurrency", "2",
-        "--tokenizer", str(smollm2_tokenizer_dir), "--ray-address", ray_cluster, "--no-progress",
+        sys.executable,
+        "-m",
+        "ray_jobs.annotate",
+        "--corpus",
+        str(small_corpus),
+        "--out",
+        str(out),
+        "--model",
+        "replay",
+        "--base-url",
+        server.base_url,
+        "--workers",
+        "1",
+        "--concurrency",
+        "2",
+        "--tokenizer",
+        str(smollm2_tokenizer_dir),
+        "--ray-address",
+        ray_cluster,
+        "--no-progress",
     ]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     cache = out / "cache.sqlite"
     deadline = time.monotonic() + 120
     cached = 0
@@ -228,7 +265,11 @@ def test_bad_corpus_does_not_crash_the_run(tmp_path, smollm2_tokenizer_dir, teac
     )
     assert stats["passages"] == 0 and server.stats() == {}
     messages = "\n".join(stats["corpus"]["messages"])
-    for name in ("empty.txt: empty file", "blob.txt: binary content", "latin1.txt: not valid UTF-8"):
+    for name in (
+        "empty.txt: empty file",
+        "blob.txt: binary content",
+        "latin1.txt: not valid UTF-8",
+    ):
         assert name in messages
     assert pq.read_table(tmp_path / "out" / "teacher.parquet").num_rows == 0
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["corpus"]["skipped_files"]

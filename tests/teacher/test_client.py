@@ -8,7 +8,9 @@ from spacy_uniner.teacher.prompt import TeacherPrompt
 def make(server, limiter=None, **kwargs):
     config = TeacherConfig(model="replay", base_url=server.base_url, **kwargs)
     limiter = limiter or RateLimiter()
-    return OpenAITeacher(config, TeacherPrompt.for_variant("type"), Secret("sk-x"), limiter.reserve, limiter.settle)
+    return OpenAITeacher(
+        config, TeacherPrompt.for_variant("type"), Secret("sk-x"), limiter.reserve, limiter.settle
+    )
 
 
 def test_retries_consult_the_limiter_every_attempt(teacher_server):
@@ -21,7 +23,9 @@ def test_retries_consult_the_limiter_every_attempt(teacher_server):
 
 
 def test_backoff_then_success(teacher_server):
-    server = teacher_server(fail_rate=0.5, fail_status=(503,), seed=2)  # no retry-after: real backoff
+    server = teacher_server(
+        fail_rate=0.5, fail_status=(503,), seed=2
+    )  # no retry-after: real backoff
     teacher = make(server, max_attempts=10)
     results = [teacher.ask(f"Passage number {i} about Paris.") for i in range(6)]
     assert all(r["ok"] and r["reply"] == "[]" for r in results)

@@ -42,9 +42,7 @@ def test_bad_inputs_are_named_and_skipped(tmp_path, caplog):
         b'{"text": "caf\xe9"}\n'
     )
     with caplog.at_level(logging.WARNING, logger="spacy_uniner"):
-        documents, report = read(
-            [good, empty, binary, latin1, bad_lines, tmp_path / "missing.txt"]
-        )
+        documents, report = read([good, empty, binary, latin1, bad_lines, tmp_path / "missing.txt"])
     assert [d.text for d in documents] == [
         "Ada Lovelace wrote the first program.",
         "Grace Hopper built compilers.",
@@ -95,9 +93,9 @@ def test_folder_parquet_and_datasets(tmp_path):
 
 
 def test_sentences():
-    text = "Dr. Smith arrived. He said \"hi!\" Then left.\n\nNew paragraph"
+    text = 'Dr. Smith arrived. He said "hi!" Then left.\n\nNew paragraph'
     spans = [text[s:e] for s, e in sentences(text)]
-    assert spans[-1] == "New paragraph" and "He said \"hi!\"" in spans
+    assert spans[-1] == "New paragraph" and 'He said "hi!"' in spans
 
 
 def test_chunker_respects_limit_and_sentence_boundaries(tokenizer):

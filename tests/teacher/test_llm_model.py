@@ -35,7 +35,11 @@ def test_spacy_llm_model_resolves_through_entry_point(teacher_server, replay_tea
     env = dict(os.environ, OPENAI_API_KEY=SECRET_KEY)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, server.base_url + "/chat/completions", SYSTEM, user],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == [[replay_teacher.reply(passage)]]
@@ -62,7 +66,9 @@ def test_spacy_llm_backend_asks_the_teacher(teacher_server, replay_teacher, tmp_
     teacher = SpacyLLMTeacher(teacher_config, TeacherPrompt.for_variant("type"), Secret(None))
     passage = next(p for p in replay_teacher.passages() if replay_teacher.pairs(p))
     result = teacher.ask(passage)
-    assert result["ok"] and parse_teacher_reply(result["reply"]).items == replay_teacher.pairs(passage)
+    assert result["ok"] and parse_teacher_reply(result["reply"]).items == replay_teacher.pairs(
+        passage
+    )
     assert result["usage"]["estimated"] == 1
     server.fail_rate, server.fail_status = 1.0, (500,)  # spacy-llm does not retry 500: a failure
     failed = teacher.ask(passage)
@@ -81,24 +87,38 @@ def test_spacy_llm_backend_on_ray(
         f'endpoint = "{server.base_url}/chat/completions"\n'
     )
     options = AnnotateOptions(
-        corpus=[small_corpus], out=tmp_path / "out", num_passages=6,
-        tokenizer=str(smollm2_tokenizer_dir), progress=False,
+        corpus=[small_corpus],
+        out=tmp_path / "out",
+        num_passages=6,
+        tokenizer=str(smollm2_tokenizer_dir),
+        progress=False,
     )
     teacher = TeacherConfig(model="replay", backend="spacy-llm", llm_config=str(config))
     stats = annotate(options, teacher, TeacherPrompt.for_variant("definition"), Secret(None))
     assert stats["passages"] == 6 and server.stats()["requests"] == 6
     assert stats["teacher"].startswith("spacy-llm:replay:")
     assert stats["prompt_version"] == "uniner.teacher.definition.v1"
-    rows = [json.loads(line) for line in (tmp_path / "out" / "teacher.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "out" / "teacher.jsonl").read_text().splitlines()
+    ]
     for row in rows:  # the definition variant reached the teacher through spacy-llm
-        assert parse_teacher_reply(row["raw_reply"]).items == replay_teacher.pairs(row["text"], "definition")
+        assert parse_teacher_reply(row["raw_reply"]).items == replay_teacher.pairs(
+            row["text"], "definition"
+        )
         assert all(len(label.split()) > 3 for _, label in row["entities"])
 
 
 def test_cli_help():
-    for module, option in (("ray_jobs.annotate", "--num-passages"), ("ray_jobs.teacher_server", "--fail-rate")):
+    for module, option in (
+        ("ray_jobs.annotate", "--num-passages"),
+        ("ray_jobs.teacher_server", "--fail-rate"),
+    ):
         done = subprocess.run(
-            [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", module, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         assert option in done.stdout

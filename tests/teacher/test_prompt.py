@@ -17,7 +17,10 @@ FIG1_USER = (
 def test_fig1_type_prompt_is_exact():
     prompt = TeacherPrompt.for_variant("type")
     messages = prompt.messages("Ada Lovelace met {Babbage}.")
-    assert messages[0] == {"role": "system", "content": "You are a helpful information extraction system."}
+    assert messages[0] == {
+        "role": "system",
+        "content": "You are a helpful information extraction system.",
+    }
     assert messages[1] == {"role": "user", "content": FIG1_USER}
     assert prompt.temperature == 0.0
     assert prompt.version == PROMPT_VERSIONS["type"]

@@ -23,14 +23,32 @@ def test_empty_and_cost():
 
 def test_summary_mentions_every_part():
     stats = {
-        "teacher": "t", "prompt_version": "v", "out": "o", "errors_file": "e", "passages": 2,
-        "entities": 3, "passages_with_entities": 1, "distinct_types": 2,
-        "dropped": {"else_type": 1}, "repaired_replies": 0,
+        "teacher": "t",
+        "prompt_version": "v",
+        "out": "o",
+        "errors_file": "e",
+        "passages": 2,
+        "entities": 3,
+        "passages_with_entities": 1,
+        "distinct_types": 2,
+        "dropped": {"else_type": 1},
+        "repaired_replies": 0,
         "head_tail": head_tail_table(Counter({"a": 2, "b": 1})),
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5}, "estimated_cost_usd": 0.0,
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+        "estimated_cost_usd": 0.0,
         "price_per_million": [0.5, 1.5],
-        "run": {"sampled": 2, "failed": 0, "cache_hits": 0, "calls": 2, "attempts": 3, "retries": 1,
-                "estimated_cost_usd": 0.0, "seconds": 1.0, "ask_seconds": 0.5, "calls_per_minute": 240},
+        "run": {
+            "sampled": 2,
+            "failed": 0,
+            "cache_hits": 0,
+            "calls": 2,
+            "attempts": 3,
+            "retries": 1,
+            "estimated_cost_usd": 0.0,
+            "seconds": 1.0,
+            "ask_seconds": 0.5,
+            "calls_per_minute": 240,
+        },
     }
     text = format_summary(stats)
     for part in ("top 1%", "1-10%", "10-100%", "else_type 1", "estimated cost", "API calls 2"):
