@@ -98,8 +98,8 @@ def write_chart(per_column: Dict[str, Dict[str, Any]], path: Path, title: str,
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("F1 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(("Zero-shot NER F1" if suite else "NER F1") + (f"\n{subtitle}" if subtitle else ""),
-                 fontsize=10)
+    heading = "Zero-shot NER F1" if suite else "NER F1"
+    ax.set_title(heading + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -112,6 +112,8 @@ def main(
     model_config: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False, help="JSON model block (overrides --model)"),
     suite: Optional[Suite] = typer.Option(None, help="the paper's zero-shot suite"),
+    only: Optional[str] = typer.Option(
+        None, help="with --suite: comma-separated columns, e.g. 'AI,Movie'"),
     data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="a benchmark file"),
     format: Format = typer.Option(
         Format.uniner, "--format",
@@ -139,6 +141,7 @@ def main(
     from tqdm import tqdm
 
     from spacy_uniner.benchmarks import (
+        ZERO_SHOT,
         averages,
         load_benchmark,
         markdown_table,
@@ -153,7 +156,12 @@ def main(
         raise typer.BadParameter("--label-map applies to BIO files", param_hint="--label-map")
     started = time.time()
     if suite is not None:
-        benches = zero_shot_suite(shared_data, limit=limit, seed=seed)
+        columns = [c.strip() for c in only.split(",") if c.strip()] if only else None
+        unknown = sorted(set(columns or []) - set(ZERO_SHOT))
+        if unknown:
+            raise typer.BadParameter(f"unknown columns {unknown}; use {', '.join(ZERO_SHOT)}",
+                                     param_hint="--only")
+        benches = zero_shot_suite(shared_data, limit=limit, seed=seed, columns=columns)
     else:
         bench = load_benchmark(data, format.value, name=name, label_map=label_map,
                                limit=limit, seed=seed)
@@ -179,6 +187,7 @@ def main(
         "run": {
             "model": block,
             "suite": suite.value if suite else None,
+            "only": only,
             "data": str(data) if data else None,
             "format": format.value if data else None,
             "label_map": label_map,

@@ -34,7 +34,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc, SpanGroup
@@ -716,13 +716,6 @@ def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours"
     if note:
         text += "\n" + note.strip() + "\n"
     return text
-
-
-def iter_jsonl(path: Path) -> Iterator[Dict[str, Any]]:
-    with Path(path).open(encoding="utf8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
 
 
 __all__ = [

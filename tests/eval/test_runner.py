@@ -184,3 +184,18 @@ def test_markdown_table_without_suite_columns_has_no_paper_rows():
     scores = {m: {"f": 0.5} for m in ("strict", "partial", "uniner")}
     table = markdown_table({"my-data": scores}, title="x")
     assert "(paper)" not in table and "| x: strict span F1 | 50.0 | 50.0 |" in table
+
+
+def test_suite_subset_with_only(tmp_path):
+    cfg = _write_json(tmp_path / "s.json", {"@uniner_models": "test.ScriptedStudent.v1",
+                                            "replies": {}})
+    out = tmp_path / "only"
+    result = _run("--model-config", cfg, "--suite", "zero-shot", "--only", "Science,Movie",
+                  "--limit", 1, "--output", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert list(_metrics(out)["datasets"]) == ["Movie", "Science"]
+    # the paper's average over the chosen columns: ChatGPT (5.3 + 67.0) / 2
+    assert "| ChatGPT (paper) | 5.3 | 67.0 | 36.1 |" in (out / "results.md").read_text()
+    bad = _run("--model-config", cfg, "--suite", "zero-shot", "--only", "Biology",
+               "--output", out, "--quiet")
+    assert bad.exit_code != 0
