@@ -659,6 +659,7 @@ def run_benchmark(
             "passages": len(bench.passages),
             "passages_in_file": bench.stats.get("passages_in_file", len(bench.passages)),
             "passages_from_cache": from_cache,
+            "windows": stats["windows"],  # > passages: some passage was cut into windows
             "queries": stats["queries"],
             "parse_failures": stats["parse_failures"],
             "mentions": stats["mentions"],

@@ -42,7 +42,7 @@ def test_tiny_model_end_to_end_counts_parse_failures(ai_slice, tiny_model_dir, t
     m = _metrics(out)
     ds = m["datasets"]["ai_slice"]
     assert ds["counts"]["passages"] == 1 and ds["counts"]["passages_in_file"] == 4
-    assert ds["counts"]["queries"] == 13
+    assert ds["counts"]["queries"] == 13 and ds["counts"]["windows"] == 1
     # Random weights answer garbage: most replies hold no list; every one is counted.
     assert ds["counts"]["parse_failures"] >= 1
     lines = (out / "predictions.jsonl").read_text().splitlines()
