@@ -3,9 +3,11 @@
 :class:`RateLimiter` is a reservation token bucket: a caller reserves one
 request and an estimate of its tokens and is told how long to wait before
 sending; the bucket may go negative, so callers queue fairly in arrival order
-instead of polling. Bursts are capped at one second's worth of the rate, so the
-limit also holds over short windows. After the reply, :meth:`settle` corrects
-the token estimate with the usage the API reported.
+instead of polling. Requests are paced without a burst (``request_burst=1``),
+so any window of T seconds holds at most ``1 + T * rpm / 60`` requests; the
+token bucket holds one second's worth of tokens (a request may be large).
+After the reply, :meth:`settle` corrects the token estimate with the usage the
+API reported.
 
 On Ray, one limiter lives in an actor (:func:`limiter_actor`) and each worker
 calls it before *every* HTTP attempt, retries included.
@@ -17,9 +19,9 @@ from typing import Callable, Dict, Optional
 
 
 class _Bucket:
-    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
+    def __init__(self, per_minute: float, capacity: float, now: float) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.capacity = max(1.0, capacity)
         self.level = self.capacity
         self.stamp = now
 
@@ -43,14 +45,16 @@ class RateLimiter:
         tpm: Optional[float] = None,
         burst_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        request_burst: int = 1,
     ) -> None:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None (unlimited); got {value}")
         self._clock = clock
         now = clock()
-        self._requests = _Bucket(rpm, burst_seconds, now) if rpm else None
-        self._tokens = _Bucket(tpm, burst_seconds, now) if tpm else None
+        self._requests = _Bucket(rpm, request_burst, now) if rpm else None
+        self._tokens = _Bucket(tpm, tpm / 60.0 * burst_seconds, now) if tpm else None
+        self._request_burst = request_burst
         self._lock = threading.Lock()
         self.reserved_requests = 0
         self.reserved_tokens = 0.0
@@ -59,7 +63,13 @@ class RateLimiter:
         self, rpm: Optional[float], tpm: Optional[float], burst_seconds: float = 1.0
     ) -> None:
         """Start over with new limits (a pooled limiter serving a new run)."""
-        self.__init__(rpm=rpm, tpm=tpm, burst_seconds=burst_seconds, clock=self._clock)
+        self.__init__(
+            rpm=rpm,
+            tpm=tpm,
+            burst_seconds=burst_seconds,
+            clock=self._clock,
+            request_burst=self._request_burst,
+        )
 
     def reserve(self, tokens: float = 0.0) -> float:
         """Reserve one request of ``tokens`` tokens; RETURNS the seconds to wait before sending."""

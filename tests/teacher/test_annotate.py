@@ -144,8 +144,8 @@ def test_prompt_change_asks_again(faulty_run, smollm2_tokenizer_dir):
     assert {r["prompt_version"] for r in read_rows(faulty_run["out"])} == {
         "uniner.teacher.type.v1+custom"
     }
-    # 1200 rpm = 20/s with a burst of 20: the shared limit paces the rest.
-    assert stats["run"]["ask_seconds"] >= (sampled - 20) / 20 * 0.9
+    # 1200 rpm = one request every 50 ms, shared by both workers.
+    assert stats["run"]["ask_seconds"] >= (sampled - 1) / 20 * 0.95
 
 
 def test_api_key_never_written(faulty_run):

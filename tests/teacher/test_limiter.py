@@ -22,13 +22,16 @@ def simulate(limiter, clock, n, tokens=0.0):
 
 def test_requests_per_minute_is_held():
     clock = Clock()
-    limiter = RateLimiter(rpm=600, clock=clock)  # 10 per second, burst 10
-    sends = simulate(limiter, clock, 110)
-    # 110 requests at once: 10 go now, the rest evenly spaced over 10 s.
-    assert sends[9] == 0 and sends[-1] == pytest.approx(10.0)
-    for start in range(0, 100):
+    limiter = RateLimiter(rpm=600, clock=clock)  # 10 per second, no burst
+    sends = simulate(limiter, clock, 101)
+    # 101 requests at once: the first goes now, the rest 0.1 s apart.
+    assert sends[0] == 0 and sends[1] == pytest.approx(0.1)
+    assert sends[-1] == pytest.approx(10.0)
+    for start in range(len(sends)):
         window = [t for t in sends if sends[start] <= t < sends[start] + 5.0]
-        assert len(window) <= 10 + 50
+        assert len(window) <= 1 + 50
+    bursty = RateLimiter(rpm=600, clock=clock, request_burst=5)
+    assert simulate(bursty, clock, 6)[4] == 0
 
 
 def test_tokens_per_minute_is_held_and_settled():
