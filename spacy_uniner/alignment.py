@@ -18,28 +18,45 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Sequence, Tuple
 
-# Word characters of scripts that put spaces between words.
-_SPACED_WORD = r"[^\W\u0E00-\u0E7F\u2E80-\u9FFF\uAC00-\uD7AF\uF900-\uFAFF\uFF00-\uFFEF]"
+# Scripts written without spaces between words: any substring may be a word.
+_UNSPACED = ((0x0E00, 0x0E7F), (0x2E80, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
+             (0xFF00, 0xFFEF))
 _SENTENCE_BREAK = re.compile(r"[.!?\u3002\uFF01\uFF1F][\"'\u201d\u2019)\]]*\s+|\n\s*")
+
+
+def _spaced_word_char(ch: str) -> bool:
+    """A word character of a script that separates words with spaces."""
+    if not (ch.isalnum() or ch == "_"):
+        return False
+    code = ord(ch)
+    return not any(lo <= code <= hi for lo, hi in _UNSPACED)
 
 
 @lru_cache(maxsize=4096)
 def _pattern(mention: str, ignore_case: bool) -> "re.Pattern[str]":
-    pieces = mention.split()
-    body = r"\s+".join(re.escape(p) for p in pieces)
-    if re.match(_SPACED_WORD, pieces[0][0]):
-        body = rf"(?<!{_SPACED_WORD})" + body
-    if re.match(_SPACED_WORD, pieces[-1][-1]):
-        body = body + rf"(?!{_SPACED_WORD})"
-    return re.compile(body, re.IGNORECASE if ignore_case else 0)
+    # A lookahead finds every start, overlapping ones too; boundaries are checked after.
+    body = r"\s+".join(re.escape(p) for p in mention.split())
+    return re.compile(f"(?=({body}))", re.IGNORECASE if ignore_case else 0)
+
+
+def _on_boundaries(text: str, start: int, end: int) -> bool:
+    if _spaced_word_char(text[start]) and start > 0 and _spaced_word_char(text[start - 1]):
+        return False
+    if _spaced_word_char(text[end - 1]) and end < len(text) and _spaced_word_char(text[end]):
+        return False
+    return True
 
 
 def find_mentions(text: str, mention: str) -> List[Tuple[int, int]]:
-    """Character offsets of every occurrence of ``mention`` in ``text``."""
+    """Character offsets of every (non-overlapping) occurrence of ``mention`` in ``text``."""
     if not mention or not mention.strip() or not text:
         return []
     for ignore_case in (False, True):
-        found = [m.span() for m in _pattern(mention.strip(), ignore_case).finditer(text)]
+        found: List[Tuple[int, int]] = []
+        for m in _pattern(mention.strip(), ignore_case).finditer(text):
+            start, end = m.span(1)
+            if (not found or start >= found[-1][1]) and _on_boundaries(text, start, end):
+                found.append((start, end))
         if found:
             return found
     return []

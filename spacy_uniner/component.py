@@ -55,7 +55,7 @@ DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": "
         "dataset": None,
         "label_definitions": {},
         "store_replies": False,
-        "scorer": {"@scorers": "spacy_uniner.scorer.v1"},
+        "scorer": {"@scorers": "spacy_uniner.scorer.v2"},
     },
     default_score_weights={
         "spans_universal_ner_f": 1.0,

@@ -96,3 +96,9 @@ def test_enormous_document_windows():
 def test_bad_window_settings(max_tokens, overlap):
     with pytest.raises(ValueError, match="max_passage_tokens|window_overlap"):
         make_windows("a b c", words("a b c"), max_tokens, overlap)
+
+
+def test_a_rejected_candidate_does_not_hide_a_later_overlapping_one():
+    # "aa" inside "aaa" is not a word; the standalone ones are
+    assert find_mentions("aaa aa aa", "aa") == [(4, 6), (7, 9)]
+    assert find_mentions("xab ab", "ab") == [(4, 6)]
