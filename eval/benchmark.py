@@ -36,7 +36,7 @@ class Format(str, Enum):
 
 def model_block(model: str, model_config: Optional[Path], max_new_tokens: Optional[int],
                 batch_size: Optional[int], device: Optional[str], dtype: Optional[str],
-                threads: Optional[int]) -> Dict[str, Any]:
+                threads: Optional[int], adapter: Optional[Path] = None) -> Dict[str, Any]:
     """The component's ``model`` block from the options (a JSON file wins over --model)."""
     if model_config is not None:
         block = json.loads(model_config.read_text(encoding="utf8"))
@@ -45,7 +45,8 @@ def model_block(model: str, model_config: Optional[Path], max_new_tokens: Option
         return block
     block: Dict[str, Any] = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model}
     for key, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
-                       ("device", device), ("dtype", dtype), ("threads", threads)):
+                       ("device", device), ("dtype", dtype), ("threads", threads),
+                       ("adapter", str(adapter) if adapter else None)):
         if value is not None:
             block[key] = value
     return block
@@ -108,7 +109,11 @@ def write_chart(per_column: Dict[str, Dict[str, Any]], path: Path, title: str,
 
 @app.command()
 def main(
-    model: str = typer.Option("default", help="'default' (SmolLM2-135M-Instruct) or an HF folder"),
+    model: str = typer.Option(
+        "default", help="'default' (the shipped student), 'smollm2-135m-instruct' (its untrained "
+        "base) or an HF folder"),
+    adapter: Optional[Path] = typer.Option(
+        None, exists=True, file_okay=False, help="a LoRA adapter folder over --model"),
     model_config: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False, help="JSON model block (overrides --model)"),
     suite: Optional[Suite] = typer.Option(None, help="the paper's zero-shot suite"),
@@ -166,7 +171,8 @@ def main(
         bench = load_benchmark(data, format.value, name=name, label_map=label_map,
                                limit=limit, seed=seed)
         benches = {bench.name: bench}
-    block = model_block(model, model_config, max_new_tokens, batch_size, device, dtype, threads)
+    block = model_block(model, model_config, max_new_tokens, batch_size, device, dtype, threads,
+                        adapter)
     nlp = build_nlp(block, max_passage_tokens)
     output.mkdir(parents=True, exist_ok=True)
     per_column: Dict[str, Dict[str, Any]] = {}
@@ -204,7 +210,7 @@ def main(
         "averages": averages(per_column),
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    title = "ours" if model_config else Path(model).name
+    title = "ours" if model_config else Path(model).name + (" + adapter" if adapter else "")
     sample = (f"a seeded sample of {limit} passages per dataset (seed {seed})" if limit
               else "all passages")
     note = (f"F1 × 100. Ours: `{title}` on {sample}. The paper's rows use the full test sets "

@@ -86,3 +86,22 @@ ray.shutdown()
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["workers"] == 2 and metrics["steps"] == 2
     assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from train.ship import app
+
+    run = tmp_path / "run"
+    finetune(config(data_dir, run, tiny_model_dir, max_steps=1))
+    dest = tmp_path / "shipped"
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]
+    card = (dest / "README.md").read_text()
+    assert "CC BY-NC 4.0" in card and "1 steps" in card
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["--run", str(tmp_path / "nothing"), "--dest", str(dest)])
+    assert result.exit_code == 2 and "train a LoRA run first" in result.output

