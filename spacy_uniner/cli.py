@@ -59,6 +59,7 @@ def build_pipeline(
     threads: Optional[int] = None,
     max_new_tokens: int = 96,
     store_replies: bool = False,
+    adapter: Optional[str] = None,
 ) -> Any:
     import spacy
 
@@ -72,6 +73,7 @@ def build_pipeline(
                 "name": model,
                 "threads": threads,
                 "max_new_tokens": max_new_tokens,
+                "adapter": adapter,
             },
             "store_replies": store_replies,
         },
@@ -115,7 +117,14 @@ def setup() -> None:
 def extract(
     files: List[str] = typer.Argument(None, help="Text files, one document each; '-' or none: stdin."),
     labels: str = typer.Option(..., "--labels", "-l", help="Comma-separated entity types."),
-    model: str = typer.Option("default", help="'default', a local HF folder or a cached hub id."),
+    model: str = typer.Option(
+        "default",
+        help="'default' (the distilled student), 'smollm2-135m-instruct' (its untrained base), "
+        "a local HF folder or a cached hub id.",
+    ),
+    adapter: Optional[Path] = typer.Option(
+        None, exists=True, file_okay=False, help="A LoRA adapter folder over --model."
+    ),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="Output format."),
     html: Optional[Path] = typer.Option(None, help="Also write a displaCy HTML page here."),
     lang: str = typer.Option("en", help="spaCy language code for tokenisation."),
@@ -128,7 +137,9 @@ def extract(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     label_list = _parse_labels(labels)
     inputs = _read_inputs(files or [])
-    nlp = build_pipeline(label_list, model, lang, threads, max_new_tokens)
+    nlp = build_pipeline(
+        label_list, model, lang, threads, max_new_tokens, adapter=str(adapter) if adapter else None
+    )
     from tqdm import tqdm
 
     texts = (d["text"] for d in inputs)

@@ -71,3 +71,8 @@ def test_help_lists_options():
     assert result.exit_code == 0
     for option in ("--labels", "--model", "--format", "--html"):
         assert option in result.stdout
+
+
+def test_adapter_must_be_a_folder(texts, tmp_path):
+    result = extract("-l", "person", "--adapter", str(tmp_path / "missing"), str(texts[0]))
+    assert result.exit_code == 2 and "--adapter" in result.output
