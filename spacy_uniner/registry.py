@@ -1,7 +1,8 @@
 """The registry of model backends: ``@uniner_models = "spacy_uniner.HFStudent.v1"``.
 
 Backends are versioned functions declared under the entry-point group
-``spacy_uniner_models``, so a config naming one resolves in a fresh process.
+``thinc_uniner_models`` (spaCy creates custom registries in thinc's
+namespace), so a config naming one resolves in a fresh process.
 """
 
 from spacy.util import registry

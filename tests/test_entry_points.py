@@ -34,11 +34,13 @@ def test_declared_entry_point_is_installed_and_loads(group, name):
     assert callable(installed[name].load())
 
 
-@pytest.mark.parametrize("name", sorted(DECLARED["spacy_uniner_models"]))
+@pytest.mark.parametrize("name", sorted(DECLARED["thinc_uniner_models"]))
 def test_model_backend_resolves_in_registry(name):
     import spacy_uniner  # noqa: F401
     from spacy.util import registry
 
+    # found through the entry point, not only because the package imported it
+    assert registry.uniner_models.get_entry_point(name) is not None
     assert registry.uniner_models.get(name) is not None
 
 
