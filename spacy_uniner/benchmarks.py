@@ -43,12 +43,12 @@ from spacy.training import Example
 from .alignment import find_mentions
 from .label_maps import LabelMap, load_label_map, map_tag
 from .metrics import PRF, reference_prf, uniner_string_counts
+from .prompts import question_label
 from .scoring import GOLD_KEY, score_all
 
 logger = logging.getLogger("spacy_uniner")
 
 CharSpan = Tuple[int, int, str]
-_QUESTION = re.compile(r"^What describes (?P<label>.+) in the text\?$", re.S)
 _TAG = re.compile(r"^(O|[BIESLU][-_].+)$")
 
 
@@ -155,11 +155,11 @@ def _conversation_parts(item: Dict[str, Any], where: str) -> Tuple[str, str, str
     if not first.startswith("Text: "):
         raise ValueError(f"{where}: first turn should start with 'Text: ', got {first[:80]!r}")
     text = first[len("Text: "):]
-    match = _QUESTION.match(conv[-2]["value"])
-    if not match:
+    label = question_label(conv[-2]["value"])
+    if label is None:
         raise ValueError(f"{where}: not a 'What describes ... in the text?' question: "
                          f"{conv[-2]['value'][:120]!r}")
-    return text, match.group("label"), conv[-1]["value"]
+    return text, label, conv[-1]["value"]
 
 
 def load_uniner_json(

@@ -19,6 +19,7 @@ Variants (all rendered here):
   human-labelled training sets; omitted in zero-shot use.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -105,3 +106,32 @@ def training_segments(
         segments.append((f" {turn.answer}{SEP2}", True))
         context = ""
     return segments
+
+
+def _question_pattern() -> str:
+    before, after = QUESTION.split("{label}")
+    return re.escape(before) + "(?P<label>.+)" + re.escape(after)
+
+
+_QUESTION_RE = re.compile(f"^{_question_pattern()}$", re.S)
+# A single-query prompt, from the passage on (a dataset line may precede "Text: ").
+_QUERY_RE = re.compile(
+    re.escape("Text: ") + "(?P<passage>.*)"
+    + re.escape(f"{SEP}{ASSISTANT}: {ACK}{SEP2}{USER}: ")
+    + _question_pattern() + re.escape(f"{SEP}{ASSISTANT}:") + "$",
+    re.S,
+)
+
+
+def question_label(text: str) -> Optional[str]:
+    """The type a question "What describes {type} in the text?" asks about, else None."""
+    match = _QUESTION_RE.match(text)
+    return match.group("label") if match else None
+
+
+def parse_query(prompt: str) -> Tuple[str, str]:
+    """The (passage, label) of a prompt made by :func:`render_query`."""
+    match = _QUERY_RE.search(prompt)
+    if not match:
+        raise ValueError(f"Not a UniNER query prompt: {prompt[:200]!r}")
+    return match.group("passage"), match.group("label")

@@ -10,21 +10,10 @@ import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .models.base import Generation
+from .prompts import parse_query
 from .registry import uniner_models
 
-_QUESTION = re.compile(r"USER: What describes (?P<label>.*) in the text\? ASSISTANT:$", re.S)
-_PASSAGE = re.compile(r"Text: (?P<passage>.*) ASSISTANT: I've read this text\.</s>", re.S)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def split_prompt(prompt: str) -> Tuple[str, str]:
-    """The (passage, label) a single-query UniNER prompt asks about."""
-    passage = _PASSAGE.search(prompt)
-    question = _QUESTION.search(prompt)
-    if not passage or not question:
-        raise ValueError(f"Not a UniNER query prompt: {prompt[:200]!r}")
-    return passage.group("passage"), question.group("label")
-
 
 class ScriptedStudent:
     def __init__(
@@ -48,7 +37,7 @@ class ScriptedStudent:
         self.calls += 1
         out = []
         for prompt in prompts:
-            passage, label = split_prompt(prompt)
+            passage, label = parse_query(prompt)
             for marker in self.fail_on:
                 if marker in passage:
                     raise RuntimeError(f"scripted failure on a passage containing {marker!r}")

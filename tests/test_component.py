@@ -4,7 +4,7 @@ import pytest
 import spacy
 from spacy.tokens import Span
 
-from spacy_uniner.testing import split_prompt
+from spacy_uniner.prompts import parse_query
 
 TEXT = "Ada Lovelace worked with Charles Babbage in London. Ada Lovelace died in London."
 
@@ -149,7 +149,7 @@ def test_labels_with_quotes_newlines_and_duplicates(caplog):
     assert "Duplicate label" in caplog.text
     doc = nlp(TEXT)
     assert {label for _, label in spans(doc)} == {'"quoted" type', "multi line type"}
-    questions = {split_prompt(p)[1] for p in pipe.model.prompts}
+    questions = {parse_query(p)[1] for p in pipe.model.prompts}
     assert questions == {'"quoted" type', "multi line type", "person"}
 
 

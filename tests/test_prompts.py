@@ -1,3 +1,5 @@
+import pytest
+
 from spacy_uniner import prompts
 
 PINNED = (
@@ -46,3 +48,13 @@ def test_definition_and_all_in_one_variants():
     question = prompts.all_in_one_question(["person", "location"])
     assert question.startswith("What describes person, location in the text?")
     assert "[entity, type]" in question
+
+
+def test_parsing_a_query_inverts_rendering():
+    for dataset in (None, "BC5CDR"):
+        prompt = prompts.render_query("A text? With ASSISTANT: inside.", '"odd" type', dataset)
+        assert prompts.parse_query(prompt) == ("A text? With ASSISTANT: inside.", '"odd" type')
+    assert prompts.question_label("What describes person in the text?") == "person"
+    assert prompts.question_label("Who is it?") is None
+    with pytest.raises(ValueError, match="Not a UniNER query"):
+        prompts.parse_query("hello")

@@ -14,7 +14,7 @@ import re
 from typing import Any, Callable, Iterable, List, Sequence, Tuple
 
 from ..registry import uniner_models
-from ..testing import split_prompt
+from ..prompts import parse_query
 from .base import Generation
 
 CHAT_TEMPLATE = (
@@ -39,7 +39,7 @@ class LLMStudent:
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
         messages = []
         for prompt in prompts:
-            passage, label = split_prompt(prompt)
+            passage, label = parse_query(prompt)
             messages.append(self.template.format(passage=passage, label=label))
         # spacy-llm models take prompts grouped per document; one group keeps the order.
         replies = [reply for group in self.llm([messages]) for reply in group]

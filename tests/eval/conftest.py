@@ -9,7 +9,8 @@ import pytest
 
 from spacy_uniner.models.base import Generation
 from spacy_uniner.registry import uniner_models
-from spacy_uniner.testing import ScriptedStudent, split_prompt
+from spacy_uniner.prompts import parse_query
+from spacy_uniner.testing import ScriptedStudent
 
 
 class OracleStudent(ScriptedStudent):
@@ -39,7 +40,7 @@ class OracleStudent(ScriptedStudent):
         out = []
         for prompt in prompts:
             self.prompts.append(prompt)
-            passage, label = split_prompt(prompt)
+            passage, label = parse_query(prompt)
             out.append(Generation(self.answers.get((passage, label), self.default)))
         return out
 
