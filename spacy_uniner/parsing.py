@@ -68,6 +68,12 @@ class _Scan:
                 self.commas.append(i)
 
 
+def list_closed(text: str) -> bool:
+    """Whether ``text`` holds a list whose closing bracket has been written."""
+    start = text.find("[")
+    return start >= 0 and _Scan(text, start).end is not None
+
+
 def _literal(text: str) -> Any:
     try:
         return json.loads(text)

@@ -14,7 +14,7 @@ import typer
 from spacy_uniner.training.finetune import FinetuneConfig, finetune
 
 app = typer.Typer(add_completion=False)
-D = {f.name: f.default for f in fields(FinetuneConfig) if f.name not in ("data", "output", "extra")}
+D = {f.name: f.default for f in fields(FinetuneConfig) if f.name not in ("data", "output")}
 
 
 @app.command()

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..default_student import DEFAULT_MODEL, default_adapter, resolve_model
-from ..parsing import STOP_MARKER, _Scan
+from ..parsing import STOP_MARKER, list_closed
 from ..registry import uniner_models
 from .base import Generation
 
@@ -16,10 +16,7 @@ _DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 def answer_complete(text: str, stop: str = STOP_MARKER) -> bool:
     """Whether a partial reply is finished: it holds the stop marker or a closed list."""
-    if stop in text:
-        return True
-    start = text.find("[")
-    return start >= 0 and _Scan(text, start).end is not None
+    return stop in text or list_closed(text)
 
 
 class HFStudent:

@@ -10,7 +10,7 @@ last checkpoint. The output folder records the config and data that made it
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -44,7 +44,6 @@ class FinetuneConfig:
     use_gpu: bool = False
     overwrite: bool = False
     adapter_dtype: str = "bfloat16"
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def bf16_supported(use_gpu: bool) -> bool:
