@@ -1,8 +1,13 @@
 """What a model backend must provide to the component."""
 
 import math
+import re
 from dataclasses import dataclass
-from typing import List, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+from ..parsing import STOP_MARKER
+
+_WORD = re.compile(r"\w+|[^\w\s]")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,37 @@ class Generation:
             if s < end and e > start
         ] or list(self.token_logprobs)
         return float(math.exp(sum(picked) / len(picked)))
+
+
+def finish_reply(
+    text: str,
+    offsets: Iterable[Tuple[int, int]] = (),
+    logprobs: Iterable[Optional[float]] = (),
+) -> Generation:
+    """A raw reply as the component reads it: cut at the stop marker, stripped.
+
+    Token offsets follow the cut and the stripped leading whitespace; tokens
+    that start at or after the cut (the marker itself, an end-of-sequence
+    token that spells nothing) or report no log-probability are left out.
+    """
+    cut = text.find(STOP_MARKER)
+    if cut < 0:
+        cut = len(text)
+    text = text[:cut]
+    shift = len(text) - len(text.lstrip())
+    kept = [
+        ((max(s - shift, 0), max(min(e, cut) - shift, 0)), float(lp))
+        for (s, e), lp in zip(offsets, logprobs)
+        if s < cut and lp is not None
+    ]
+    return Generation(
+        text.strip(), tuple(o for o, _ in kept), tuple(lp for _, lp in kept)
+    )
+
+
+def word_offsets(text: str) -> List[Tuple[int, int]]:
+    """Words and punctuation: how windows are measured without the model's tokenizer."""
+    return [m.span() for m in _WORD.finditer(text)]
 
 
 @runtime_checkable
