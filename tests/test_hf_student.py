@@ -96,3 +96,38 @@ def test_component_end_to_end_with_tiny_model(tiny_model_config):
     for doc in docs:
         group = doc.spans["universal_ner"]
         assert len(group.attrs["scores"]) == len(group)
+
+
+def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir):
+    texts = [
+        "Ada Lovelace met Charles Babbage in London in 1833.",
+        "The Transformer architecture was introduced at NeurIPS by Google researchers. " * 3,
+        "Short.",
+    ]
+    labels = ["person", "location", "date", "organisation", "conference", "algorithm", "x"]
+    ps = [prompts.render_query(t, label) for t in texts for label in labels]
+    ps.append("a prompt that is not a UniNER query")
+    shared = HFStudent(str(tiny_model_dir), max_new_tokens=8, batch_size=4, threads=1)
+    plain = HFStudent(
+        str(tiny_model_dir), max_new_tokens=8, batch_size=4, threads=1, prefix_sharing=False
+    )
+    calls = []
+    shared.load()
+    original = shared._generate_shared
+    shared._generate_shared = lambda group: calls.append(len(group)) or original(group)
+    a, b = shared.generate(ps), plain.generate(ps)
+    assert calls == [len(labels)] * len(texts)  # one prefill per passage
+    assert [g.text for g in a] == [g.text for g in b]
+    for x, y in zip(a, b):
+        assert x.token_offsets == y.token_offsets
+        assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)
+
+
+def test_prefix_groups_and_common_prefix():
+    from spacy_uniner.models.hf import _common_prefix_len, _group_by_prefix
+
+    ps = [prompts.render_query("A.", "x"), "free text", prompts.render_query("A.", "y"),
+          prompts.render_query("B.", "x")]
+    assert sorted(_group_by_prefix(ps).values()) == [[0, 2], [1], [3]]
+    assert _common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert _common_prefix_len([[5], [6]]) == 0

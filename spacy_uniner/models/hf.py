@@ -1,11 +1,13 @@
 """``spacy_uniner.HFStudent.v1``: a Hugging Face causal LM run in this process."""
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..default_student import DEFAULT_MODEL, default_adapter, resolve_model
 from ..parsing import STOP_MARKER, list_closed
+from ..prompts import SEP2, USER
 from ..registry import uniner_models
 from .base import Generation
 
@@ -26,6 +28,12 @@ class HFStudent:
     the text ``</s>`` (UniNER's separator: one token for LLaMA vocabularies,
     several for others), or as soon as the JSON list it opened is closed —
     whichever comes first — else at ``max_new_tokens``.
+
+    With ``prefix_sharing`` (the default), prompts that share a leading run of
+    tokens — every type query of one passage shares the system text and the
+    passage — are answered from one prefill of that run: its key-value cache is
+    repeated across the queries, which are then decoded together, each stopping
+    on its own. Without it every prompt is prefilled in full (the reference way).
     """
 
     def __init__(
@@ -39,6 +47,8 @@ class HFStudent:
         threads: Optional[int] = None,
         allow_download: bool = False,
         adapter: Optional[str] = None,
+        prefix_sharing: bool = True,
+        min_shared_tokens: int = 16,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -58,13 +68,15 @@ class HFStudent:
             shipped = default_adapter()
             adapter = str(shipped) if shipped else None
         self.adapter = adapter
+        self.prefix_sharing = prefix_sharing
+        self.min_shared_tokens = min_shared_tokens
         self._model: Any = None
         self._tokenizer: Any = None
 
     def __repr__(self) -> str:
         return (
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
-            f"dtype={self.dtype!r})"
+            f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r})"
         )
 
     @property
@@ -122,24 +134,51 @@ class HFStudent:
         return [tuple(o) for o in enc["offset_mapping"]]
 
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
-        """Replies in prompt order; prompts are batched by length to limit padding."""
+        """Replies in prompt order.
+
+        With prefix sharing, prompts are grouped by their query-free prefix and
+        each group is answered from one prefill; the rest (and everything when
+        sharing is off) is batched by length to limit padding.
+        """
         self.load()
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: List[Optional[Generation]] = [None] * len(prompts)
+        rest = list(range(len(prompts)))
+        if self.prefix_sharing:
+            rest = []
+            for idx in _group_by_prefix(prompts).values():
+                if len(idx) < 2:
+                    rest.extend(idx)
+                    continue
+                for i, gen in zip(idx, self._generate_shared([prompts[i] for i in idx])):
+                    out[i] = gen
+        order = sorted(rest, key=lambda i: len(prompts[i]))
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
             for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx])):
                 out[i] = gen
         return out  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: List[str]) -> List[Generation]:
+    def _generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        return GenerationConfig(
+            do_sample=False,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+
+    def _run_generate(self, **inputs: Any) -> List[Generation]:
+        """``model.generate`` with the answer stop rule; replies from the new tokens."""
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok = self.tokenizer
         model = self._model
-        enc = tok(prompts, return_tensors="pt", padding=True).to(model.device)
-        prompt_len = enc["input_ids"].shape[1]
+        prompt_len = inputs["input_ids"].shape[1]
 
         class _Complete(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -148,18 +187,10 @@ class HFStudent:
                     [answer_complete(t) for t in texts], device=input_ids.device
                 )
 
-        config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
         with torch.inference_mode():
             result = model.generate(
-                **enc,
-                generation_config=config,
+                **inputs,
+                generation_config=self._generation_config(),
                 stopping_criteria=StoppingCriteriaList([_Complete()]),
             )
             logprobs = model.compute_transition_scores(
@@ -170,6 +201,62 @@ class HFStudent:
             self._to_generation(ids, lps)
             for ids, lps in zip(new_tokens, logprobs.float().tolist())
         ]
+
+    def _generate_batch(self, prompts: List[str]) -> List[Generation]:
+        """Each prompt prefilled in full; left padding aligns the batch."""
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self._model.device)
+        return self._run_generate(**enc)
+
+    def _generate_shared(self, prompts: List[str]) -> List[Generation]:
+        """Prompts with a common prefix: one prefill, then the queries batched on its cache.
+
+        Each row is ``prefix + padding + query``; the padding is masked and the
+        positions follow the mask, so a query sees exactly the tokens it would
+        see alone.
+        """
+        import torch
+
+        tok = self.tokenizer
+        model = self._model
+        ids = [tok(p)["input_ids"] for p in prompts]
+        shared = _common_prefix_len(ids)
+        # Every row keeps at least one token of its own to start decoding from.
+        shared = min(shared, min(len(x) for x in ids) - 1)
+        if shared < self.min_shared_tokens:
+            order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+            out: List[Optional[Generation]] = [None] * len(prompts)
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b : b + self.batch_size]
+                for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx])):
+                    out[i] = gen
+            return out  # type: ignore[return-value]
+        device = model.device
+        prefix = torch.tensor([ids[0][:shared]], device=device)
+        with torch.inference_mode():
+            cache = model(input_ids=prefix, use_cache=True).past_key_values
+        out = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b : b + self.batch_size]
+            tails = [ids[i][shared:] for i in idx]
+            width = max(len(t) for t in tails)
+            rows = [[tok.pad_token_id] * (width - len(t)) + t for t in tails]
+            mask = [[0] * (width - len(t)) + [1] * len(t) for t in tails]
+            input_ids = torch.cat(
+                [prefix.expand(len(idx), -1), torch.tensor(rows, device=device)], dim=1
+            )
+            attention_mask = torch.cat(
+                [torch.ones_like(prefix).expand(len(idx), -1), torch.tensor(mask, device=device)],
+                dim=1,
+            )
+            batch_cache = copy.deepcopy(cache)
+            batch_cache.batch_repeat_interleave(len(idx))
+            gens = self._run_generate(
+                input_ids=input_ids, attention_mask=attention_mask, past_key_values=batch_cache
+            )
+            for i, gen in zip(idx, gens):
+                out[i] = gen
+        return out  # type: ignore[return-value]
 
     def _to_generation(self, ids: List[int], logprobs: List[float]) -> Generation:
         tok = self.tokenizer
@@ -211,6 +298,32 @@ class HFStudent:
         )
 
 
+def _group_by_prefix(prompts: Sequence[str]) -> Dict[str, List[int]]:
+    """Prompt indices grouped by everything before their last question turn.
+
+    In the UniNER conversation that is the system text and the passage (and any
+    earlier turns); a prompt without a question turn is a group of its own.
+    """
+    marker = f"{SEP2}{USER}: "
+    groups: Dict[str, List[int]] = {}
+    for i, prompt in enumerate(prompts):
+        cut = prompt.rfind(marker)
+        key = prompt[: cut + len(SEP2)] if cut >= 0 else f"\0{i}"
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _common_prefix_len(ids: Sequence[Sequence[int]]) -> int:
+    """Length of the longest run of token ids every sequence starts with."""
+    first = ids[0]
+    n = min(len(x) for x in ids)
+    for k in range(n):
+        t = first[k]
+        if any(x[k] != t for x in ids):
+            return k
+    return n
+
+
 @uniner_models("spacy_uniner.HFStudent.v1")
 def make_hf_student_v1(
     name: str = "default",
@@ -221,6 +334,7 @@ def make_hf_student_v1(
     threads: Optional[int] = None,
     allow_download: bool = False,
     adapter: Optional[str] = None,
+    prefix_sharing: bool = True,
 ) -> HFStudent:
     """An in-process Hugging Face student.
 
@@ -235,6 +349,9 @@ def make_hf_student_v1(
     adapter (Optional[str]): a PEFT (LoRA) adapter folder, merged into the model
         at load time. With name "default" the shipped distilled adapter is used
         unless another is given; name "smollm2-135m-instruct" is the bare base.
+    prefix_sharing (bool): answer all type queries of a passage from one prefill
+        of the passage (same greedy answers, several times faster); False
+        prefills every query in full.
     """
     return HFStudent(
         name,
@@ -245,4 +362,5 @@ def make_hf_student_v1(
         threads=threads,
         allow_download=allow_download,
         adapter=adapter,
+        prefix_sharing=prefix_sharing,
     )
