@@ -87,6 +87,7 @@ class StudentServer:
     of requests fails with ``fail_status`` (optionally with
     ``retry-after-ms``), every request can be delayed (``delay_ms`` plus a
     random ``jitter_ms``), a share of replies is damaged by one of ``garbage``,
+    a share of responses is a broken body (``broken_rate``: HTML, no choices),
     lists of prompts can be refused (``accept_lists=False``), and with
     ``api_key`` a request without that bearer key gets 401 (vLLM's --api-key).
     """
@@ -106,6 +107,7 @@ class StudentServer:
         jitter_ms: float = 0.0,
         garbage_rate: float = 0.0,
         garbage: Optional[Sequence[Callable[[str], str]]] = None,
+        broken_rate: float = 0.0,
         seed: int = 0,
     ) -> None:
         from http.server import ThreadingHTTPServer
@@ -123,6 +125,7 @@ class StudentServer:
         self.jitter_ms = jitter_ms
         self.garbage_rate = garbage_rate
         self.garbage = tuple(garbage if garbage is not None else GARBAGE)
+        self.broken_rate = broken_rate
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._generate_lock = threading.Lock()  # one generate at a time (HF models)
@@ -170,6 +173,9 @@ class StudentServer:
                 if self.retry_after_ms is not None:
                     headers["retry-after-ms"] = str(self.retry_after_ms)
                 return status, payload, headers
+            if self.broken_rate and self._draw() < self.broken_rate:
+                self._count("broken")
+                return 200, "<html><body>502 Bad Gateway</body></html>", {}
             return self._answer(body)
         finally:
             with self._lock:
@@ -222,7 +228,8 @@ class StudentServer:
 
     def _choice(self, index: int, gen: Generation, stops: List[str], logprobs: bool) -> Dict:
         text = " " + gen.text
-        offsets = [(s + 1, e + 1) for s, e in gen.token_offsets]
+        # As from a real server, the first token carries the leading space.
+        offsets = [(0 if n == 0 else s + 1, e + 1) for n, (s, e) in enumerate(gen.token_offsets)]
         values = list(gen.token_logprobs)
         if self.garbage_rate and self._draw() < self.garbage_rate:
             text = " " + self.garbage[int(self._draw() * len(self.garbage))](gen.text)
@@ -262,14 +269,18 @@ class StudentServer:
                 return
 
             def _send(self, status: int, payload: Any, headers: Optional[dict] = None) -> None:
-                data = json.dumps(payload).encode("utf-8")
+                html = isinstance(payload, str)
+                data = (payload if html else json.dumps(payload)).encode("utf-8")
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if html else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout under test)
 
             def do_GET(self):
                 if self.path.rstrip("/") == "/stats":
@@ -295,7 +306,9 @@ class StudentServer:
         return Handler
 
     def start(self) -> "StudentServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

@@ -78,3 +78,23 @@ def test_factory_found_without_importing_the_package(tiny_model_dir, tmp_path):
     """, HF_HUB_OFFLINE="1", NO_PROXY="*", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "('person',) True 1"
+
+
+def test_openai_student_found_without_importing_the_package():
+    from spacy_uniner.testing import ScriptedStudent, StudentServer
+
+    with StudentServer(ScriptedStudent({"person": '["Ada Lovelace"]'})) as server:
+        model = {"@uniner_models": "spacy_uniner.OpenAIStudent.v1", "model": "uniner-test",
+                 "base_url": server.base_url, "tokenizer": "words"}
+        result = run_fresh(f"""
+            import sys, spacy
+            assert "spacy_uniner" not in sys.modules  # found through the entry points
+            nlp = spacy.blank("en")
+            nlp.add_pipe("universal_ner", config={{"labels": ["person"], "model": {model!r}}})
+            doc = nlp("Ada Lovelace met Babbage.")
+            print(type(nlp.get_pipe("universal_ner").model).__name__,
+                  [(s.text, s.label_) for s in doc.spans["universal_ner"]])
+        """)
+        assert server.stats()["prompts"] == 1
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "OpenAIStudent [('Ada Lovelace', 'person')]"
