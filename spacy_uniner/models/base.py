@@ -58,9 +58,7 @@ def finish_reply(
         for (s, e), lp in zip(offsets, logprobs)
         if s < cut and lp is not None
     ]
-    return Generation(
-        text.strip(), tuple(o for o, _ in kept), tuple(lp for _, lp in kept)
-    )
+    return Generation(text.strip(), tuple(o for o, _ in kept), tuple(lp for _, lp in kept))
 
 
 def word_offsets(text: str) -> List[Tuple[int, int]]:
