@@ -142,6 +142,19 @@ def test_persistent_errors_name_the_endpoint_after_retries(student_server):
     assert server.stats()["requests"] == 3
 
 
+def test_a_rejected_prompt_is_a_clear_error(student_server):
+    server = student_server()
+    student = OpenAIStudent("uniner-test", server.base_url, batch_size=2)
+    # a list is refused, then each prompt alone: the server's reason comes back
+    with pytest.raises(StudentServerError, match=r"answered HTTP 400: .*Not a UniNER query"):
+        student.generate(["not a UniNER prompt", "nor this"])
+    assert server.stats()["status_400"] == 2
+    assert [g.text for g in student.generate([query("city"), query("city")])] == [
+        REPLIES["city"]
+    ] * 2
+    assert server.stats()["list_requests"] == 1  # lists were not given up on
+
+
 def test_timeout_is_a_clear_error_naming_the_endpoint(student_server):
     server = student_server(delay_ms=1500)
     nlp = make_nlp(server, timeout=0.2, max_attempts=2)

@@ -263,7 +263,15 @@ class OpenAIStudent:
         return replies
 
     def _complete_one(self, prompt: str) -> Generation:
-        choices = getattr(self._create(prompt), "choices", None)
+        import openai
+
+        try:
+            response = self._create(prompt)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
+            raise StudentServerError(
+                f"{self.endpoint} answered HTTP {err.status_code}: {_short(err.message)}"
+            ) from None
+        choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             return self._malformed()
         return self._to_generation(choices[0])
