@@ -16,10 +16,10 @@ spell the mention (the highest over windows where it was found more than once).
 """
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import srsly
 from spacy import util
@@ -249,6 +249,9 @@ class UniversalNER(Pipe):
         """
         chosen = self._labels_for_call(labels)
         error_handler = self.get_error_handler()
+        if callable(getattr(self.model, "submit", None)):
+            yield from self._pipe_submitted(stream, batch_size, chosen, error_handler)
+            return
         for docs in util.minibatch(stream, size=batch_size):
             try:
                 predictions = self.predict(docs, labels=chosen)
@@ -256,6 +259,42 @@ class UniversalNER(Pipe):
                 yield from docs
             except Exception as e:
                 error_handler(self.name, self, docs, e)
+
+    def _pipe_submitted(
+        self, stream: Iterable[Doc], batch_size: int, labels: List[str], error_handler: Callable
+    ) -> Iterator[Doc]:
+        """``pipe`` for a student that can ``submit`` (e.g. RayStudent): up to
+        ``model.lookahead`` batches wait on the student while the oldest is
+        collected, so the student stays busy and documents keep their order."""
+        lookahead = max(0, int(getattr(self.model, "lookahead", 1)))
+        pending: Deque[Tuple[List[Doc], Any, Any]] = deque()
+
+        def finish(docs: List[Doc], queries: Any, handle: Any) -> Iterator[Doc]:
+            try:
+                if isinstance(handle, Exception):
+                    raise handle
+                generations = handle.result() if handle is not None else []
+                self.set_annotations(docs, self._read_generations(docs, *queries, generations))
+                yield from docs
+            except Exception as e:
+                error_handler(self.name, self, docs, e)
+
+        try:
+            for docs in util.minibatch(stream, size=batch_size):
+                try:
+                    queries = self._make_queries(docs, labels)
+                    handle = self.model.submit(queries[1]) if queries[1] else None
+                except Exception as e:  # reported in order, when this batch's turn comes
+                    queries, handle = None, e
+                pending.append((docs, queries, handle))
+                while len(pending) > lookahead:
+                    yield from finish(*pending.popleft())
+            while pending:
+                yield from finish(*pending.popleft())
+        finally:  # the caller stopped early: drop what is still queued
+            for _, _, handle in pending:
+                if hasattr(handle, "cancel"):
+                    handle.cancel()
 
     def _question_label(self, label: str) -> str:
         return self.label_definitions.get(label, label)
@@ -265,8 +304,16 @@ class UniversalNER(Pipe):
     ) -> List[DocPrediction]:
         """Ask the student about every (window, label) of every document."""
         docs = list(docs)
-        chosen = self._labels_for_call(labels)
-        queries: List[Tuple[int, int, int, str]] = []  # doc index, window start, end, label
+        queries, prompt_texts, results = self._make_queries(docs, self._labels_for_call(labels))
+        generations = self.model.generate(prompt_texts) if prompt_texts else []
+        return self._read_generations(docs, queries, prompt_texts, results, generations)
+
+    def _make_queries(
+        self, docs: List[Doc], chosen: Sequence[str]
+    ) -> Tuple[List[Tuple[int, int, int, str]], List[str], List[DocPrediction]]:
+        """RETURNS the (doc index, window start, end, label) of every query, its prompt,
+        and an empty prediction per document."""
+        queries: List[Tuple[int, int, int, str]] = []
         prompt_texts: List[str] = []
         results = [DocPrediction() for _ in docs]
         for i, doc in enumerate(docs):
@@ -284,7 +331,16 @@ class UniversalNER(Pipe):
                     prompt_texts.append(
                         prompts.render_query(passage, self._question_label(label), self.dataset)
                     )
-        generations = self.model.generate(prompt_texts) if prompt_texts else []
+        return queries, prompt_texts, results
+
+    def _read_generations(
+        self,
+        docs: List[Doc],
+        queries: List[Tuple[int, int, int, str]],
+        prompt_texts: List[str],
+        results: List[DocPrediction],
+        generations: List[Generation],
+    ) -> List[DocPrediction]:
         if len(generations) != len(prompt_texts):
             raise RuntimeError(
                 f"The student returned {len(generations)} replies for {len(prompt_texts)} prompts"

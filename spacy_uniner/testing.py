@@ -4,6 +4,9 @@ It answers each query from a table keyed by entity type, records every prompt
 it was asked, and can be told to fail on passages that contain a marker. It
 tokenises on words and punctuation, so window sizes are easy to reason about.
 
+``test.ExitOnceStudent.v1`` wraps a student and ends its process once, to
+test what happens when a Ray actor dies.
+
 :class:`StudentServer` serves any student over the OpenAI completions API on
 127.0.0.1, with injectable faults, for ``spacy_uniner.OpenAIStudent.v1``.
 """
@@ -73,6 +76,42 @@ def make_scripted_student_v1(
     fail_on (Sequence[str]): raise on passages containing any of these strings.
     """
     return ScriptedStudent(replies, default=default, scores=scores, fail_on=fail_on)
+
+
+class ExitOnceStudent:
+    """Wraps a student; the first prompt whose passage holds ``marker`` ends the
+    process with ``os._exit(1)``, as a crashed Ray actor would. ``flag_file``
+    (created atomically) makes it happen once across all processes, so the retry
+    on a fresh actor succeeds. Only for students running in Ray actors."""
+
+    def __init__(self, student: Any, marker: str, flag_file: str) -> None:
+        self.student = student
+        self.marker = marker
+        self.flag_file = flag_file
+
+    def token_offsets(self, text: str) -> List[Tuple[int, int]]:
+        return self.student.token_offsets(text)
+
+    def generate(self, prompts: Sequence[str]) -> List[Generation]:
+        import os
+
+        for prompt in prompts:
+            if self.marker in parse_query(prompt)[0]:
+                try:
+                    os.close(os.open(self.flag_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    break
+                os._exit(1)
+        return self.student.generate(prompts)
+
+
+@uniner_models("test.ExitOnceStudent.v1")
+def make_exit_once_student_v1(student: Any, marker: str, flag_file: str) -> ExitOnceStudent:
+    """student: the student block to wrap.
+    marker (str): a passage containing this ends the process, once.
+    flag_file (str): created when it happens; while it exists nothing happens.
+    """
+    return ExitOnceStudent(student, marker, flag_file)
 
 
 class StudentServer:

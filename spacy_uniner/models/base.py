@@ -77,3 +77,26 @@ class Student(Protocol):
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
         """Character offsets of the model's tokens over ``text`` (no special tokens)."""
         ...
+
+
+class PendingGenerations(Protocol):
+    """Replies that a student is still working on."""
+
+    def result(self) -> List[Generation]:
+        """Block until done; RETURNS one reply per submitted prompt, in order."""
+        ...
+
+    def cancel(self) -> None:
+        """Give up on replies not yet computed."""
+        ...
+
+
+@runtime_checkable
+class SubmittingStudent(Student, Protocol):
+    """A student that takes work ahead (e.g. a pool of actors): ``submit`` returns at
+    once, and ``UniversalNER.pipe`` keeps up to ``lookahead`` calls waiting on it."""
+
+    lookahead: int
+
+    def submit(self, prompts: Sequence[str]) -> PendingGenerations:
+        ...

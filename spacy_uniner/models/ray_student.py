@@ -1,0 +1,378 @@
+"""``spacy_uniner.RayStudent.v1``: the student runs in a pool of Ray actors.
+
+The pipeline stays in the caller's process: the component cuts documents into
+windows with the student's tokenizer here and sends the queries to the pool.
+Each actor holds its own copy of the student (``num_gpus`` / ``num_cpus`` per
+actor). A call's queries are cut into chunks of ``chunk_size`` and dispatched
+with at most ``max_in_flight`` chunks per actor; replies come back in prompt
+order. ``nlp.pipe`` keeps up to :attr:`RayStudent.lookahead` batches of
+documents submitted (see ``UniversalNER.pipe``), so the pool stays busy while
+the documents still come out in order.
+
+An actor that dies is replaced and its chunks go to the front of the queue,
+each at most ``max_retries`` times; an exception raised by the student itself
+is the caller's error (the component's error handler gets it), not retried.
+:meth:`RayStudent.close` (also on garbage collection) kills the actors.
+"""
+
+import inspect
+import logging
+import os
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+from ..registry import uniner_models
+from .base import Generation, Student
+from .hf import make_hf_student_v1
+
+logger = logging.getLogger("spacy_uniner")
+
+HF_DEFAULTS: Dict[str, Any] = {
+    key: parameter.default
+    for key, parameter in inspect.signature(make_hf_student_v1).parameters.items()
+}
+
+
+class _StudentActor:
+    """Holds one copy of the student; built with ``ray.remote(...)`` at pool start."""
+
+    def __init__(self, student: Student) -> None:
+        self.student = student
+        load = getattr(student, "load", None)
+        if callable(load):
+            load()
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def generate(self, prompts: Sequence[str]) -> List[Generation]:
+        return self.student.generate(prompts)
+
+
+@dataclass
+class _Chunk:
+    call: "PendingGenerations"
+    start: int
+    prompts: List[str]
+    attempts: int = 0
+
+
+class PendingGenerations:
+    """The replies of one :meth:`RayStudent.submit` call, filled as chunks come back."""
+
+    def __init__(self, owner: "RayStudent", size: int) -> None:
+        self._owner = owner
+        self._replies: List[Optional[Generation]] = [None] * size
+        self._missing = size
+        self._error: Optional[BaseException] = None
+        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        return self._missing == 0 or self._error is not None or self.cancelled
+
+    def _fill(self, start: int, replies: List[Generation]) -> None:
+        if self.done:
+            return
+        self._replies[start : start + len(replies)] = replies
+        self._missing -= len(replies)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.done:
+            self._error = error
+
+    def result(self) -> List[Generation]:
+        """Block until every reply is in; RETURNS them in prompt order."""
+        while not self.done:
+            self._owner._step()
+        if self._error is not None:
+            raise self._error
+        if self.cancelled:
+            raise RuntimeError("these generations were cancelled")
+        return list(self._replies)  # type: ignore[arg-type]
+
+    def cancel(self) -> None:
+        """Drop the chunks not sent yet; replies still running are ignored."""
+        self.cancelled = True
+
+
+class RayStudent:
+    """A student run by ``num_actors`` Ray actors; see the module docstring."""
+
+    def __init__(
+        self,
+        student: Student,
+        *,
+        num_actors: int = 2,
+        num_gpus: float = 0.0,
+        num_cpus: float = 1.0,
+        chunk_size: int = 16,
+        max_in_flight: int = 2,
+        max_retries: int = 2,
+        address: Optional[str] = None,
+    ) -> None:
+        if num_actors < 1 or chunk_size < 1 or max_in_flight < 1 or max_retries < 0:
+            raise ValueError(
+                "num_actors, chunk_size and max_in_flight must be positive and max_retries "
+                f">= 0, got {num_actors}, {chunk_size}, {max_in_flight} and {max_retries}"
+            )
+        if num_gpus < 0 or num_cpus < 0:
+            raise ValueError(f"num_gpus and num_cpus must be >= 0, got {num_gpus} and {num_cpus}")
+        self.student = student  # its tokenizer cuts the windows here; copies run in the actors
+        self.num_actors = num_actors
+        self.num_gpus = num_gpus
+        self.num_cpus = num_cpus
+        self.chunk_size = chunk_size
+        self.max_in_flight = max_in_flight
+        self.max_retries = max_retries
+        self.address = address
+        self.stats: Counter = Counter()
+        self._actor_class: Any = None
+        self._actors: List[Any] = []
+        self._running: Dict[Any, Tuple[int, Any, _Chunk]] = {}  # ref → (slot, actor, chunk)
+        self._queue: Deque[_Chunk] = deque()
+
+    def __repr__(self) -> str:
+        return (
+            f"RayStudent({self.student!r}, num_actors={self.num_actors}, "
+            f"num_gpus={self.num_gpus}, num_cpus={self.num_cpus})"
+        )
+
+    @property
+    def lookahead(self) -> int:
+        """How many submitted calls a caller may keep waiting before collecting the oldest."""
+        return self.num_actors * self.max_in_flight
+
+    @property
+    def actors(self) -> List[Any]:
+        """The live actor handles (for inspection and tests)."""
+        return list(self._actors)
+
+    def token_offsets(self, text: str) -> List[Tuple[int, int]]:
+        return self.student.token_offsets(text)
+
+    # -------------------------------------------------------------- the pool
+
+    def load(self) -> "RayStudent":
+        """Start the actors (each loads the student) and wait until they are ready."""
+        import ray
+
+        if self._actors:
+            return self
+        if not ray.is_initialized():
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            if address is None:
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+            ray.init(address=address, include_dashboard=False)
+        self._actor_class = ray.remote(
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=0
+        )(_StudentActor)
+        student_ref = ray.put(self.student)
+        self._student_ref = student_ref
+        self._actors = [self._actor_class.remote(student_ref) for _ in range(self.num_actors)]
+        try:
+            pids = ray.get([actor.ready.remote() for actor in self._actors])
+        except Exception as err:
+            self.close()
+            raise RuntimeError(f"The student could not start in a Ray actor: {err}") from err
+        logger.info("RayStudent: %d actors ready (pids %s)", len(pids), pids)
+        return self
+
+    def _replace(self, slot: int, dead: Any) -> None:
+        if self._actors[slot] is not dead:  # already replaced for an earlier failed chunk
+            return
+        self._actors[slot] = self._actor_class.remote(self._student_ref)
+        self.stats["actors_replaced"] += 1
+        logger.warning("RayStudent: actor %d died; replaced it", slot)
+
+    def close(self) -> None:
+        """Kill the actors; a later call starts a fresh pool."""
+        actors, self._actors = self._actors, []
+        for chunk in list(self._queue) + [c for _, _, c in self._running.values()]:
+            chunk.call._fail(RuntimeError("the RayStudent was closed"))
+        self._queue.clear()
+        self._running.clear()
+        if not actors:
+            return
+        try:
+            import ray
+
+            if ray.is_initialized():
+                for actor in actors:
+                    ray.kill(actor)
+        except Exception:  # Ray already shut down with the interpreter
+            pass
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A copy (e.g. a pipeline sent to another process) starts its own pool.
+        state = dict(self.__dict__)
+        state.update(_actor_class=None, _actors=[], _running={}, _queue=deque(), stats=Counter())
+        state.pop("_student_ref", None)
+        return state
+
+    # -------------------------------------------------------------- calls
+
+    def submit(self, prompts: Sequence[str]) -> PendingGenerations:
+        """Queue ``prompts``; RETURNS a handle whose ``result()`` gives the replies in order."""
+        self.load()
+        call = PendingGenerations(self, len(prompts))
+        for start in range(0, len(prompts), self.chunk_size):
+            self._queue.append(_Chunk(call, start, list(prompts[start : start + self.chunk_size])))
+        self.stats["calls"] += 1
+        self.stats["prompts"] += len(prompts)
+        self._dispatch()
+        return call
+
+    def generate(self, prompts: Sequence[str]) -> List[Generation]:
+        return self.submit(prompts).result() if prompts else []
+
+    def _dispatch(self) -> None:
+        load = Counter(slot for slot, _, _ in self._running.values())
+        while self._queue:
+            slot = min(range(len(self._actors)), key=lambda s: load[s])
+            if load[slot] >= self.max_in_flight:
+                return
+            chunk = self._queue.popleft()
+            if chunk.call.done:  # cancelled or failed: nothing to ask
+                continue
+            actor = self._actors[slot]
+            self._running[actor.generate.remote(chunk.prompts)] = (slot, actor, chunk)
+            load[slot] += 1
+            self.stats["chunks"] += 1
+
+    def _step(self) -> None:
+        """Wait for one chunk, file its replies (or retry or fail it), dispatch more."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self._dispatch()
+        if not self._running:
+            raise RuntimeError("RayStudent: replies missing but nothing is running")
+        ready, _ = ray.wait(list(self._running), num_returns=1)
+        for ref in ready:
+            slot, actor, chunk = self._running.pop(ref)
+            try:
+                replies = ray.get(ref)
+            except RayActorError as err:
+                self._replace(slot, actor)
+                chunk.attempts += 1
+                if chunk.attempts > self.max_retries:
+                    chunk.call._fail(
+                        RuntimeError(
+                            f"RayStudent: a chunk of {len(chunk.prompts)} prompts lost its actor "
+                            f"{chunk.attempts} times; giving up: {err}"
+                        )
+                    )
+                else:
+                    self.stats["retries"] += 1
+                    self._queue.appendleft(chunk)
+                continue
+            except RayTaskError as err:  # the student raised: the caller's error
+                chunk.call._fail(getattr(err, "cause", None) or err.as_instanceof_cause())
+                continue
+            if len(replies) != len(chunk.prompts):
+                chunk.call._fail(
+                    RuntimeError(
+                        f"The student returned {len(replies)} replies for {len(chunk.prompts)} "
+                        "prompts"
+                    )
+                )
+                continue
+            chunk.call._fill(chunk.start, replies)
+        self._dispatch()
+
+    def to_disk(self, path: Path) -> None:
+        """Record the pool settings and whatever the student records about its weights."""
+        import json
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        settings = {
+            "num_actors": self.num_actors,
+            "num_gpus": self.num_gpus,
+            "num_cpus": self.num_cpus,
+            "chunk_size": self.chunk_size,
+            "max_in_flight": self.max_in_flight,
+            "student": repr(self.student),
+        }
+        (Path(path) / "ray_student.json").write_text(json.dumps(settings, indent=2))
+        if hasattr(self.student, "to_disk"):
+            self.student.to_disk(path)
+
+
+@uniner_models("spacy_uniner.RayStudent.v1")
+def make_ray_student_v1(
+    name: str = "default",
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    threads: Optional[int] = None,
+    allow_download: bool = False,
+    adapter: Optional[str] = None,
+    prefix_sharing: bool = True,
+    student: Optional[Student] = None,
+    num_actors: int = 2,
+    num_gpus: float = 0.0,
+    num_cpus: float = 1.0,
+    chunk_size: int = 16,
+    max_in_flight: int = 2,
+    max_retries: int = 2,
+    address: Optional[str] = None,
+) -> RayStudent:
+    """The student in a pool of Ray actors; the pipeline stays in this process.
+
+    name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
+        adapter, prefix_sharing: the settings of ``spacy_uniner.HFStudent.v1``,
+        used by each actor (device "cuda" uses the actor's ``num_gpus``).
+    student (Optional[Student]): any other student block instead (e.g.
+        ``test.ScriptedStudent.v1``); then the HF settings must stay at their
+        defaults. It is built here (an HFStudent loads no weights until asked)
+        and a pickled copy goes to every actor.
+    num_actors (int): actors in the pool.
+    num_gpus (float): GPUs per actor (fractions share a GPU).
+    num_cpus (float): CPUs per actor.
+    chunk_size (int): prompts per request to an actor.
+    max_in_flight (int): requests queued on each actor at a time.
+    max_retries (int): how often a chunk is sent again after its actor died.
+    address (Optional[str]): the Ray cluster to join if Ray is not started yet
+        (default: ``$RAY_ADDRESS``, else a local Ray).
+    """
+    hf = {
+        "name": name,
+        "device": device,
+        "dtype": dtype,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "threads": threads,
+        "allow_download": allow_download,
+        "adapter": adapter,
+        "prefix_sharing": prefix_sharing,
+    }
+    if student is None:
+        student = make_hf_student_v1(**hf)
+    else:
+        changed = sorted(k for k, v in hf.items() if v != HF_DEFAULTS[k])
+        if changed:
+            raise ValueError(
+                f"RayStudent: give either a student block or HF settings, not both "
+                f"(set: {', '.join(changed)})"
+            )
+    return RayStudent(
+        student,
+        num_actors=num_actors,
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        chunk_size=chunk_size,
+        max_in_flight=max_in_flight,
+        max_retries=max_retries,
+        address=address,
+    )
