@@ -31,6 +31,7 @@ from spacy.training import Example
 from . import prompts
 from .alignment import find_mentions, make_windows
 from .models.base import Generation, Student
+from .models.bundle import read_bundle, weights_owner, write_bundle
 from .parsing import parse_student_reply
 
 logger = logging.getLogger("spacy_uniner")
@@ -55,6 +56,7 @@ DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": "
         "dataset": None,
         "label_definitions": {},
         "store_replies": False,
+        "bundle_weights": False,
         "scorer": {"@scorers": "spacy_uniner.scorer.v2"},
     },
     default_score_weights={
@@ -78,6 +80,7 @@ def make_universal_ner(
     dataset: Optional[str],
     label_definitions: Dict[str, str],
     store_replies: bool,
+    bundle_weights: bool,
     scorer: Optional[Callable],
 ) -> "UniversalNER":
     """Open-type NER with a UniNER-style student.
@@ -98,6 +101,10 @@ def make_universal_ner(
     label_definitions (Dict[str, str]): per-label definitions to ask about
         instead of the bare label (the definition variant).
     store_replies (bool): keep raw replies in ``doc.user_data["universal_ner"]``.
+    bundle_weights (bool): ``nlp.to_disk`` copies the student's weights into the
+        pipeline folder (adapter, and base unless built in), so the folder and a
+        ``spacy package`` wheel made from it load anywhere; see
+        :mod:`spacy_uniner.models.bundle`.
     scorer (Optional[Callable]): the scoring method.
     """
     return UniversalNER(
@@ -115,6 +122,7 @@ def make_universal_ner(
         dataset=dataset,
         label_definitions=label_definitions,
         store_replies=store_replies,
+        bundle_weights=bundle_weights,
         scorer=scorer,
     )
 
@@ -169,6 +177,7 @@ class UniversalNER(Pipe):
         dataset: Optional[str] = None,
         label_definitions: Optional[Dict[str, str]] = None,
         store_replies: bool = False,
+        bundle_weights: bool = False,
         scorer: Optional[Callable] = None,
     ) -> None:
         if ents_policy not in ENTS_POLICIES:
@@ -176,6 +185,11 @@ class UniversalNER(Pipe):
         if not spans_key:
             raise ValueError("spans_key must be a non-empty string")
         make_windows("x", [(0, 1)], max_passage_tokens, window_overlap)  # validates both
+        if bundle_weights and weights_owner(model) is None:
+            raise ValueError(
+                f"bundle_weights = true needs a student with local weights "
+                f"(spacy_uniner.HFStudent.v1, or RayStudent.v1 over one), not {model!r}"
+            )
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -189,6 +203,7 @@ class UniversalNER(Pipe):
         self.dataset = dataset
         self.label_definitions = dict(label_definitions or {})
         self.store_replies = store_replies
+        self.bundle_weights = bundle_weights
         self.scorer = scorer
         self.cfg: Dict[str, Any] = {"labels": normalize_labels(list(labels))}
         self.stats: Counter = Counter()
@@ -430,20 +445,27 @@ class UniversalNER(Pipe):
             return {}
         return self.scorer(examples, spans_key=self.spans_key, **kwargs)
 
-    # Serialization: the weights are referenced by the model config, not copied.
+    # Serialization: the model config names the weights; with bundle_weights they
+    # are also copied to ``weights/``, which wins on loading (models/bundle.py).
     def to_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> None:
         serialize: Dict[str, Callable[[Path], Any]] = {
             "cfg": lambda p: srsly.write_json(p, self.cfg),
         }
         if hasattr(self.model, "to_disk"):
             serialize["model"] = lambda p: self.model.to_disk(p)  # type: ignore[attr-defined]
+        if self.bundle_weights:
+            serialize["weights"] = lambda p: write_bundle(weights_owner(self.model), p)
         util.to_disk(path, serialize, exclude)
 
     def from_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> "UniversalNER":
         def load_cfg(p: Path) -> None:
             self.cfg.update(srsly.read_json(p))
 
-        util.from_disk(path, {"cfg": load_cfg}, exclude)
+        readers: Dict[str, Callable[[Path], Any]] = {"cfg": load_cfg}
+        owner = weights_owner(self.model)
+        if owner is not None:
+            readers["weights"] = lambda p: read_bundle(owner, p)
+        util.from_disk(path, readers, exclude)
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
