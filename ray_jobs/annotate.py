@@ -5,8 +5,14 @@
 
 Writes OUT/teacher.parquet, OUT/teacher.jsonl, OUT/errors.jsonl, OUT/stats.json
 and the reply cache OUT/cache.sqlite. Rerunning asks only what is not cached.
+
+Unattended runs against the local replay teacher (real ChatGPT answers from
+../shared/data/pile-ner; no key needed): ``--replay-teacher ../shared/data``
+serves it on a free port of 127.0.0.1 for the duration of the run.
 """
 
+import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import List, Optional
@@ -27,6 +33,13 @@ def main(
     model: str = typer.Option("gpt-3.5-turbo", help="Teacher model name."),
     base_url: Optional[str] = typer.Option(
         None, help="OpenAI-compatible base URL (default: OpenAI's)."
+    ),
+    replay_teacher: Optional[Path] = typer.Option(
+        None,
+        exists=True,
+        file_okay=False,
+        help="Serve the local replay teacher from this shared data folder (holds pile-ner/) "
+        "on a free port for this run, instead of --base-url.",
     ),
     backend: str = typer.Option("openai", help="openai or spacy-llm."),
     llm_config: Optional[Path] = typer.Option(
@@ -68,6 +81,8 @@ def main(
     )
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if replay_teacher is not None and base_url is not None:
+        raise typer.BadParameter("give --base-url or --replay-teacher, not both")
     overrides = {}
     if prompt_template is not None:
         overrides["user_template"] = prompt_template.read_text(encoding="utf-8")
@@ -104,9 +119,14 @@ def main(
         progress=progress,
         ask=ask,
     )
-    stats = annotate(
-        options, teacher, prompt, Secret.from_env(), echo=lambda m: typer.echo(m, err=True)
-    )
+    with contextlib.ExitStack() as stack:
+        if replay_teacher is not None:
+            server = stack.enter_context(_replay_server(replay_teacher))
+            teacher = dataclasses.replace(teacher, base_url=server.base_url)
+            typer.echo(f"replay teacher on {server.base_url}", err=True)
+        stats = annotate(
+            options, teacher, prompt, Secret.from_env(), echo=lambda m: typer.echo(m, err=True)
+        )
     typer.echo(format_summary(stats))
     if stats["failed_passages"]:
         typer.echo(
@@ -114,6 +134,23 @@ def main(
             "and will be asked again by the next run.",
             err=True,
         )
+
+
+@contextlib.contextmanager
+def _replay_server(data_dir: Path):
+    """The replay teacher in a background thread of this process, stopped on exit."""
+    from spacy_uniner.teacher.replay import ReplayTeacher
+    from spacy_uniner.teacher.server import TeacherServer
+
+    try:
+        teacher = ReplayTeacher.from_shared_data(data_dir)
+    except (OSError, ValueError) as err:
+        raise typer.BadParameter(f"{data_dir}: {err}", param_hint="--replay-teacher") from None
+    server = TeacherServer(teacher, port=0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
