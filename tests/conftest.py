@@ -29,6 +29,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+RAY_TEMP_DIR = "/tmp/ray-uniner-tests"
+
+
+@pytest.fixture(scope="session")
+def ray_temp_dir() -> Path:
+    """Where the session's Ray keeps its logs (outside the repo)."""
+    return Path(RAY_TEMP_DIR)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_temp_dir):
+    """One local Ray (2 CPUs, bound to this machine) for every Ray test of the session.
+
+    RETURNS (str): its GCS address, for subprocesses (``--ray-address``).
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_temp_dir), log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -1,24 +1,12 @@
-import os
 from pathlib import Path
 
 import pytest
 
 from spacy_uniner.teacher.replay import ReplayTeacher
 
-RAY_TEMP_DIR = "/tmp/ray-uniner-teacher"
 SECRET_KEY = "sk-uniner-test-9f3b2c7e1d-DO-NOT-LEAK"
 
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray for all teacher tests (bound to this machine, temp dir outside the repo)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+# ray_cluster (one local Ray for the whole session) is in tests/conftest.py.
 
 
 @pytest.fixture(scope="session")

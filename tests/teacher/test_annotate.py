@@ -15,7 +15,7 @@ import pytest
 
 from spacy_uniner.teacher import AnnotateOptions, Secret, TeacherConfig, TeacherPrompt, annotate
 
-from .conftest import RAY_TEMP_DIR, SECRET_KEY
+from .conftest import SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_prompt_change_asks_again(faulty_run, smollm2_tokenizer_dir):
     assert stats["run"]["ask_seconds"] >= (sampled - 1) / 20 * 0.95
 
 
-def test_api_key_never_written(faulty_run):
+def test_api_key_never_written(faulty_run, ray_temp_dir):
     assert faulty_run["first_counts"]["with_authorization"] > 0  # the key was sent
     needle = SECRET_KEY.encode()
     for path in faulty_run["out"].rglob("*"):
@@ -157,7 +157,7 @@ def test_api_key_never_written(faulty_run):
     assert not any(SECRET_KEY in line for line in faulty_run["logs"])
     assert SECRET_KEY not in repr(Secret(SECRET_KEY)) and SECRET_KEY not in str(Secret(SECRET_KEY))
     # Ray's own session logs (worker stdout/stderr, GCS) don't carry it either.
-    logs = Path(RAY_TEMP_DIR) / "session_latest" / "logs"
+    logs = ray_temp_dir / "session_latest" / "logs"
     for path in logs.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert needle not in path.read_bytes(), path

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -65,25 +62,10 @@ def test_missing_data_is_a_clear_error(tmp_path, tiny_model_dir):
         finetune(config(tmp_path / "nothing", tmp_path / "out", tiny_model_dir))
 
 
-def test_ray_train_with_two_cpu_workers(data_dir, tmp_path, tiny_model_dir):
+def test_ray_train_with_two_cpu_workers(ray_cluster, data_dir, tmp_path, tiny_model_dir):
+    # on the session's local Ray (tests/conftest.py), which finetune joins
     out = tmp_path / "ray-run"
-    code = f"""
-import json, os, ray
-os.environ["RAY_AUTH_MODE"] = "disabled"
-ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/ray-uniner-train")
-from spacy_uniner.training.finetune import FinetuneConfig, finetune
-cfg = FinetuneConfig(data={str(data_dir)!r}, output={str(out)!r}, base_model={str(tiny_model_dir)!r},
-                     max_steps=2, batch_size=2, grad_accum=1, max_length=384, save_steps=10,
-                     threads=1, bf16="false", workers=2)
-print(json.dumps(finetune(cfg)))
-ray.shutdown()
-"""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-           "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=600, env=env, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    metrics = finetune(config(data_dir, out, tiny_model_dir, save_steps=10, workers=2))
     assert metrics["workers"] == 2 and metrics["steps"] == 2
     assert (out / "adapter" / "adapter_config.json").exists()
 
