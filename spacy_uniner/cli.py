@@ -60,7 +60,10 @@ def build_pipeline(
     max_new_tokens: int = 96,
     store_replies: bool = False,
     adapter: Optional[str] = None,
+    device: str = "cpu",
+    batch_size: int = 8,
 ) -> Any:
+    """A blank ``lang`` pipeline with ``universal_ner`` over an HFStudent (weights load lazily)."""
     import spacy
 
     nlp = spacy.blank(lang)
@@ -74,6 +77,8 @@ def build_pipeline(
                 "threads": threads,
                 "max_new_tokens": max_new_tokens,
                 "adapter": adapter,
+                "device": device,
+                "batch_size": batch_size,
             },
             "store_replies": store_replies,
         },
