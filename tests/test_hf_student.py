@@ -131,3 +131,28 @@ def test_prefix_groups_and_common_prefix():
     assert sorted(_group_by_prefix(ps).values()) == [[0, 2], [1], [3]]
     assert _common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert _common_prefix_len([[5], [6]]) == 0
+
+
+def test_empty_bias_moves_the_first_answer_token(tiny_model_dir, tmp_path):
+    import json
+
+    from spacy_uniner.models.hf import adapter_settings
+
+    ps = [prompts.render_query(t, label) for t in ["Ada met Babbage.", "Paris, 1833."]
+          for label in ["person", "date", "x"]]
+    forced_empty = HFStudent(str(tiny_model_dir), max_new_tokens=4, threads=1, empty_bias=-1e4)
+    assert all(g.text.startswith("[]") for g in forced_empty.generate(ps))
+    assert " []" in [forced_empty.tokenizer.decode([i]) for i in forced_empty.empty_list_ids]
+    never_empty = HFStudent(str(tiny_model_dir), max_new_tokens=4, threads=1, empty_bias=1e4)
+    for sharing in (True, False):
+        never_empty.prefix_sharing = sharing
+        assert not any(g.text.startswith("[]") for g in never_empty.generate(ps))
+    # the value recorded beside an adapter is the default; an explicit one wins
+    (tmp_path / "uniner_student.json").write_text(json.dumps({"empty_bias": 1.5}))
+    assert adapter_settings(str(tmp_path)) == {"empty_bias": 1.5}
+    assert HFStudent(str(tiny_model_dir), adapter=str(tmp_path)).empty_bias == 1.5
+    assert HFStudent(str(tiny_model_dir), adapter=str(tmp_path), empty_bias=0).empty_bias == 0
+    assert HFStudent(str(tiny_model_dir)).empty_bias == 0.0
+    (tmp_path / "uniner_student.json").write_text("{oops")
+    with pytest.raises(ValueError, match="uniner_student.json"):
+        HFStudent(str(tiny_model_dir), adapter=str(tmp_path))

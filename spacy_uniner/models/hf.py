@@ -34,6 +34,13 @@ class HFStudent:
     passage — are answered from one prefill of that run: its key-value cache is
     repeated across the queries, which are then decoded together, each stopping
     on its own. Without it every prompt is prefilled in full (the reference way).
+
+    ``empty_bias`` is a decision threshold for "is this type in the text at
+    all": at the first answer token, the logits of tokens that open an empty
+    list (`` []``) are lowered by this many nats, so a student unsure whether a
+    type is present answers with a list instead of ``[]``. ``None`` takes the
+    value recorded with the adapter (``uniner_student.json``, tuned on held-out
+    non-evaluation data when the adapter was shipped), else 0 (plain greedy).
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class HFStudent:
         adapter: Optional[str] = None,
         prefix_sharing: bool = True,
         min_shared_tokens: int = 16,
+        empty_bias: Optional[float] = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -70,13 +78,18 @@ class HFStudent:
         self.adapter = adapter
         self.prefix_sharing = prefix_sharing
         self.min_shared_tokens = min_shared_tokens
+        if empty_bias is None:
+            empty_bias = float(adapter_settings(adapter).get("empty_bias", 0.0))
+        self.empty_bias = empty_bias
+        self._empty_ids: Optional[List[int]] = None
         self._model: Any = None
         self._tokenizer: Any = None
 
     def __repr__(self) -> str:
         return (
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
-            f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r})"
+            f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
+            f"empty_bias={self.empty_bias!r})"
         )
 
     @property
@@ -129,6 +142,16 @@ class HFStudent:
         logger.info("Loaded student %s on %s", source, device)
         return self
 
+    @property
+    def empty_list_ids(self) -> List[int]:
+        """Token ids whose text opens an empty list (`` []``, ``[]``, ``[]\\n`` ...)."""
+        if self._empty_ids is None:
+            tok = self.tokenizer
+            self._empty_ids = [
+                i for i in range(len(tok)) if tok.decode([i]).strip().startswith("[]")
+            ]
+        return self._empty_ids
+
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [tuple(o) for o in enc["offset_mapping"]]
@@ -174,11 +197,27 @@ class HFStudent:
     def _run_generate(self, **inputs: Any) -> List[Generation]:
         """``model.generate`` with the answer stop rule; replies from the new tokens."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import (
+            LogitsProcessor,
+            LogitsProcessorList,
+            StoppingCriteria,
+            StoppingCriteriaList,
+        )
 
         tok = self.tokenizer
         model = self._model
         prompt_len = inputs["input_ids"].shape[1]
+        processors = LogitsProcessorList()
+        if self.empty_bias:
+            empty, bias = self.empty_list_ids, self.empty_bias
+
+            class _EmptyBias(LogitsProcessor):
+                def __call__(self, input_ids: Any, scores: Any) -> Any:
+                    if input_ids.shape[1] == prompt_len:  # the first answer token only
+                        scores[:, empty] -= bias
+                    return scores
+
+            processors.append(_EmptyBias())
 
         class _Complete(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -191,6 +230,7 @@ class HFStudent:
             result = model.generate(
                 **inputs,
                 generation_config=self._generation_config(),
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([_Complete()]),
             )
             logprobs = model.compute_transition_scores(
@@ -298,6 +338,19 @@ class HFStudent:
         )
 
 
+def adapter_settings(adapter: Optional[str]) -> Dict[str, Any]:
+    """Inference settings recorded beside an adapter (``uniner_student.json``), if any."""
+    import json
+
+    path = Path(adapter) / "uniner_student.json" if adapter else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"Unreadable student settings {path}: {err}") from err
+
+
 def _group_by_prefix(prompts: Sequence[str]) -> Dict[str, List[int]]:
     """Prompt indices grouped by everything before their last question turn.
 
@@ -335,6 +388,7 @@ def make_hf_student_v1(
     allow_download: bool = False,
     adapter: Optional[str] = None,
     prefix_sharing: bool = True,
+    empty_bias: Optional[float] = None,
 ) -> HFStudent:
     """An in-process Hugging Face student.
 
@@ -352,6 +406,9 @@ def make_hf_student_v1(
     prefix_sharing (bool): answer all type queries of a passage from one prefill
         of the passage (same greedy answers, several times faster); False
         prefills every query in full.
+    empty_bias (Optional[float]): nats taken from the empty-list answer at the
+        first reply token (> 0 answers more often); None: the adapter's recorded
+        value (uniner_student.json), else 0.
     """
     return HFStudent(
         name,
@@ -363,4 +420,5 @@ def make_hf_student_v1(
         allow_download=allow_download,
         adapter=adapter,
         prefix_sharing=prefix_sharing,
+        empty_bias=empty_bias,
     )
