@@ -413,9 +413,11 @@ def read_documents(
     id_field: Optional[str],
     done: Any = None,
     limit: Optional[int] = None,
+    block_rows: Optional[int] = None,
 ) -> Iterator[Any]:
     """Stream the Ray Data read; YIELDS (pa.Table) blocks of (doc_id, text, input_error)
-    without the ids in ``done``, at most ``limit`` rows in all.
+    without the ids in ``done``, at most ``limit`` rows in all, each of at most
+    ``block_rows`` rows (a copy of its rows, not a view of a larger block).
 
     The rows are normalised here, in the driver: a Ray task would first have to import
     this package (and spaCy, and torch) in every fresh worker.
@@ -428,8 +430,13 @@ def read_documents(
         if left is not None:
             block = block.slice(0, left)
             left -= block.num_rows
-        if block.num_rows:
-            yield block
+        size = block_rows or max(block.num_rows, 1)
+        for start in range(0, block.num_rows, size):
+            yield (
+                block
+                if size >= block.num_rows
+                else block.take(list(range(start, min(start + size, block.num_rows))))
+            )
         if left == 0:
             return
 
@@ -699,6 +706,9 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
             id_field=id_field,
             done=done,
             limit=options.limit,
+            # One block per actor call: Ray Data gives an actor a whole block, and its
+            # results come back (and are written) as one part.
+            block_rows=options.batch_size,
         )
         # The whole input is read before the actors take the CPUs (on a small machine
         # the readers would otherwise wait behind the pool for ever); the blocks wait

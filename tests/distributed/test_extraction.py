@@ -132,6 +132,8 @@ def test_exactly_once_through_failures_a_killed_actor_and_reruns(
     status = assert_consistent(out)
     assert set(status) == {str(i) for i in range(150)}
     assert status["40"]["status"] == "ok"
+    # one part per batch of 16: a killed run loses at most the batches in flight
+    assert len(list((out / "parts").glob("part-*.parquet"))) == 10
     assert {k for k, v in status.items() if v["status"] == "error"} == {"7", "77"}
 
     # 2. re-armed, and no retry for a batch whose actor dies: document 250 ends the
