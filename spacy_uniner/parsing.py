@@ -12,6 +12,7 @@ are kept), single quotes. A reply that yields no list at all is
 
 import ast
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
@@ -72,6 +73,27 @@ def list_closed(text: str) -> bool:
     """Whether ``text`` holds a list whose closing bracket has been written."""
     start = text.find("[")
     return start >= 0 and _Scan(text, start).end is not None
+
+
+_DONE_ITEM = re.compile(r'"((?:[^"\\]|\\.)*)"\s*,')
+
+
+def list_repeats(text: str) -> bool:
+    """Whether the list ``text`` opened already repeats a finished string item.
+
+    A greedy student that lists a mention twice is looping; its later items add
+    nothing (mentions are found at every occurrence anyway), so a reply can end
+    there and be read as a truncated list.
+    """
+    start = text.find("[")
+    if start < 0:
+        return False
+    seen = set()
+    for match in _DONE_ITEM.finditer(text, start):
+        if match.group(1) in seen:
+            return True
+        seen.add(match.group(1))
+    return False
 
 
 def _literal(text: str) -> Any:

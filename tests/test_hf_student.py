@@ -19,6 +19,9 @@ def test_answer_complete():
     assert not answer_complete('["a", "b')
     assert not answer_complete('["a]", ')
     assert not answer_complete("prose without a list")
+    # a greedy loop ends at the first repeated item
+    assert answer_complete('["New York", "Boston", "New York",')
+    assert not answer_complete('["New York", "New York City",')
 
 
 def test_generate_returns_one_reply_per_prompt_in_order(student):

@@ -99,3 +99,22 @@ def test_parser_never_evaluates_code(tmp_path):
     parsed = parse_student_reply(reply)
     assert not parsed.ok
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('["a", "b", "a",', True),
+        ('["a", "b",', False),
+        ('["a", "a"', False),  # the second item is not finished yet
+        ('say "a", "a", then [', False),  # items before the list do not count
+        ('["a\\"b", "a\\"b",', True),
+        ('["New York", "New York City", "New York",', True),
+    ],
+)
+def test_list_repeats(text, expected):
+    from spacy_uniner.parsing import list_repeats
+
+    assert list_repeats(text) is expected
+    if expected:  # what is kept reads as the list without the repeat
+        assert parse_student_reply(text).items == list(dict.fromkeys(parse_student_reply(text).items))

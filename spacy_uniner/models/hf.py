@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..default_student import DEFAULT_MODEL, default_adapter, resolve_model
-from ..parsing import STOP_MARKER, list_closed
+from ..parsing import STOP_MARKER, list_closed, list_repeats
 from ..prompts import SEP2, USER
 from ..registry import uniner_models
 from .base import Generation
@@ -17,8 +17,9 @@ _DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def answer_complete(text: str, stop: str = STOP_MARKER) -> bool:
-    """Whether a partial reply is finished: it holds the stop marker or a closed list."""
-    return stop in text or list_closed(text)
+    """Whether a partial reply is finished: it holds the stop marker, a closed list,
+    or a list that repeats an item (a greedy loop)."""
+    return stop in text or list_closed(text) or list_repeats(text)
 
 
 class HFStudent:
@@ -26,8 +27,9 @@ class HFStudent:
 
     Weights load lazily on first use. A reply ends at the tokenizer's EOS, at
     the text ``</s>`` (UniNER's separator: one token for LLaMA vocabularies,
-    several for others), or as soon as the JSON list it opened is closed —
-    whichever comes first — else at ``max_new_tokens``.
+    several for others), as soon as the JSON list it opened is closed, or when
+    the list repeats an item it already gave (a greedy loop; the repeat adds
+    nothing) — whichever comes first — else at ``max_new_tokens``.
 
     With ``prefix_sharing`` (the default), prompts that share a leading run of
     tokens — every type query of one passage shares the system text and the
