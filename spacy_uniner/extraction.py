@@ -31,6 +31,7 @@ the documents are processed again and the new record supersedes the old one
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from collections import Counter
@@ -61,6 +62,7 @@ SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "extract.json"
 TEXT_SUFFIXES = (".txt",)
 MAX_ERROR_CHARS = 2000
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Settings that change what a document's result is: a rerun must match them.
 MANIFEST_KEYS = (
     "labels",
@@ -152,7 +154,7 @@ def find_component(nlp: Any, source: str) -> Tuple[str, Any]:
 
 
 def _error_message(err: BaseException) -> str:
-    message = f"{type(err).__name__}: {err}"
+    message = _ANSI.sub("", f"{type(err).__name__}: {err}")  # Ray colours its tracebacks
     return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
 
 
@@ -174,6 +176,11 @@ class ExtractPredictor:
         self.name, component = find_component(self.nlp, spec.pipeline or spec.model)
         self.spans_key = component.spans_key
         self.labels = list(spec.labels)
+        # Load the weights now: a model that cannot load stops the run when the actors
+        # start, instead of marking every document as an error.
+        load = getattr(component.model, "load", None)
+        if callable(load):
+            load()
         self._failed: Dict[int, BaseException] = {}
         self.nlp.set_error_handler(self._record_failure)
 
@@ -514,8 +521,9 @@ def write_outputs(out: Path, records: Any) -> Dict[str, int]:
 
 
 def _check_manifest(out: Path, manifest: Dict[str, Any]) -> None:
+    """Refuse to add results made with other settings; a folder without results takes any."""
     path = out / MANIFEST_FILE
-    if path.exists():
+    if path.exists() and any((out / PARTS_DIR).glob("part-*.parquet")):
         previous = json.loads(path.read_text(encoding="utf-8"))
         changed = [k for k in MANIFEST_KEYS if previous.get(k) != manifest.get(k)]
         if changed:
@@ -587,6 +595,11 @@ class ExtractOptions:
             raise ValueError("give a pipeline folder or a model (and adapter), not both")
         if self.pipeline is not None and not Path(self.pipeline).is_dir():
             raise FileNotFoundError(f"{self.pipeline}: no such pipeline folder")
+        if self.adapter is not None and not Path(self.adapter).is_dir():
+            raise FileNotFoundError(f"{self.adapter}: no such adapter folder")
+        looks_local = self.model.startswith(("/", "./", "../", "~"))
+        if looks_local and not Path(self.model).expanduser().is_dir():
+            raise FileNotFoundError(f"{self.model}: no such model folder")
         self.labels = normalize_labels(list(self.labels))
         if not self.labels:
             raise ValueError("give at least one label, e.g. --labels 'person,organization'")
@@ -691,7 +704,7 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
     preserve_order = context.execution_options.preserve_order
     context.enable_progress_bars = False  # one bar of our own instead of one per operator
     counters: Counter = Counter()
-    processing = 0.0
+    extract_start: Optional[float] = None
     error: Optional[BaseException] = None
     try:
         # In input order until the input is read (a Dataset keeps the context it was
@@ -725,7 +738,7 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
         )
         if total:
             _check_resources(options)
-            processing = time.perf_counter()
+            extract_start = time.perf_counter()
             seen: set = set()
             with tqdm(
                 total=total,
@@ -758,7 +771,6 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
                     bar.set_postfix(
                         entities=counters["entities"], errors=counters["errors"], refresh=False
                     )
-            processing = time.perf_counter() - processing
     except BaseException as err:
         error = err
         raise
@@ -774,6 +786,7 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
             )
         totals = write_outputs(out, read_parts(out))
         processed = counters["ok"] + counters["errors"]
+        processing = time.perf_counter() - extract_start if extract_start is not None else 0.0
         summary = {
             "input": str(options.input),
             "output": str(out),
@@ -794,7 +807,7 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
                 "retry_errors": options.retry_errors,
                 "seconds": round(time.perf_counter() - start, 2),
                 "extract_seconds": round(processing, 2),
-                # Over the extraction phase only (Ray start-up and reading excluded).
+                # Over the extraction phase: actor start-up included; Ray start-up and reading not.
                 "docs_per_second": round(processed / processing, 2) if processing else 0.0,
                 "actors": options.actors,
                 "num_gpus": options.num_gpus,

@@ -18,6 +18,7 @@ is the caller's error (the component's error handler gets it), not retried.
 import inspect
 import logging
 import os
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,8 +189,9 @@ class RayStudent:
         self.stats["actors_replaced"] += 1
         logger.warning("RayStudent: actor %d died; replaced it", slot)
 
-    def close(self) -> None:
-        """Kill the actors; a later call starts a fresh pool."""
+    def close(self, wait: float = 30.0) -> None:
+        """Kill the actors and wait up to ``wait`` seconds until they are gone (their
+        resources free again); a later call starts a fresh pool."""
         actors, self._actors = self._actors, []
         for chunk in list(self._queue) + [c for _, _, c in self._running.values()]:
             chunk.call._fail(RuntimeError("the RayStudent was closed"))
@@ -200,15 +202,27 @@ class RayStudent:
         try:
             import ray
 
-            if ray.is_initialized():
-                for actor in actors:
-                    ray.kill(actor)
-        except Exception:  # Ray already shut down with the interpreter
-            pass
+            if not ray.is_initialized():  # Ray already shut down with the interpreter
+                return
+            for actor in actors:
+                ray.kill(actor)
+            # ray.kill is asynchronous: an actor answers until its process is gone.
+            deadline = time.monotonic() + wait
+            for actor in actors:
+                while time.monotonic() < deadline:
+                    try:
+                        ray.get(actor.ready.remote(), timeout=max(deadline - time.monotonic(), 0))
+                    except ray.exceptions.RayActorError:
+                        break
+                    except ray.exceptions.GetTimeoutError:
+                        break
+                    time.sleep(0.1)
+        except Exception as err:  # closing must not raise (also called from __del__)
+            logger.warning("RayStudent: closing the pool: %s", err)
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self.close(wait=0.0)
         except Exception:
             pass
 

@@ -13,6 +13,7 @@ from spacy_uniner.extraction import (
     ExtractOptions,
     ExtractPredictor,
     PipelineSpec,
+    _check_manifest,
     _normalize,
     extract,
     read_documents,
@@ -146,6 +147,7 @@ def test_exactly_once_through_failures_a_killed_actor_and_reruns(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["finished"] is False and summary["run"]["error"]
     assert summary["run"]["already_done"] == 150
+    assert 0 < summary["run"]["extract_seconds"] < summary["run"]["seconds"]
     status = assert_consistent(out)
     assert set(status) >= {str(i) for i in range(150)} and "250" not in status
     done_before = len(status)
@@ -271,6 +273,19 @@ def test_bad_inputs_are_named(tmp_path):
         ).validate()
     with pytest.raises(ValueError, match="at least one label"):
         ExtractOptions(input=mixed, output=tmp_path / "o", labels=[]).validate()
+    with pytest.raises(FileNotFoundError, match="nope: no such model folder"):
+        ExtractOptions(
+            input=mixed, output=tmp_path / "o", labels=["x"], model=str(tmp_path / "nope")
+        ).validate()
+
+
+def test_a_folder_without_results_takes_new_settings(tmp_path):
+    (tmp_path / "parts").mkdir()
+    _check_manifest(tmp_path, {"labels": ["a"]})
+    _check_manifest(tmp_path, {"labels": ["b"]})  # nothing there yet: a new start
+    pq.write_table(pa.table({"doc_id": ["1"]}), tmp_path / "parts" / "part-1.parquet")
+    with pytest.raises(ValueError, match=r"labels: \['b'\] there, \['c'\] now"):
+        _check_manifest(tmp_path, {"labels": ["c"]})
 
 
 def test_cli_with_the_tiny_model(ray_cluster, tiny_model_dir, tmp_path):
