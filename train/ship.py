@@ -51,7 +51,10 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path]) -
         "passages of 4 sentences (seeded sample).",
         f"- {data.get('conversations', '?')} conversations, {data.get('positive_queries', '?')} positive and "
         f"{data.get('negative_queries', '?')} negative queries ({data.get('negative_sampling', '?')} "
-        f"negative sampling, {data.get('negatives', '?')} per open-type passage), "
+        "negative sampling, "
+        + (f"{data['negative_ratio']} x the positives of each open-type passage"
+           if data.get("negative_ratio") else f"{data.get('negatives', '?')} per open-type passage")
+        + "; the Pile file's own empty answers used first), "
         f"{data.get('distinct_types', '?')} distinct types.",
         "- No zero-shot evaluation set (CrossNER, MIT) was used for training.",
         "",
