@@ -1,0 +1,115 @@
+"""Ray Data with 2 actors x 1 thread vs one in-process ``nlp.pipe`` with 1 thread.
+
+The same documents (CoNLL-2003 test sentences joined 2 at a time, real news
+text) and the same labels both ways, the default student. Each round runs both,
+alternating which goes first, after one warm-up of the in-process pipeline; the
+median of the rounds is reported. The Ray time is the extraction phase of
+``ray_jobs.extract`` (actor start-up and model loading included, Ray start-up
+not); the in-process time is ``nlp.pipe`` on a pipeline already loaded, so the
+ratio is conservative. Writes bench/results/ray_scaling.json.
+
+    python bench/ray_scaling.py [--docs 200] [--rounds 3]
+"""
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "benchmarks" / "bio" / "crossner" / "conll2003" / "test.txt"
+LABELS = ["person", "organization", "location", "country"]
+
+
+def documents(n: int, per_doc: int = 2):
+    from spacy_uniner.benchmarks import load_bio
+
+    bench = load_bio(DATA, column_order="auto", name="conll2003")
+    texts = [p.text for p in bench.passages if len(p.text) > 40]
+    docs = [" ".join(texts[i : i + per_doc]) for i in range(0, per_doc * n, per_doc)]
+    return [d for d in docs if d][:n]
+
+
+def main(
+    docs: int = typer.Option(200, help="Documents per run."),
+    rounds: int = typer.Option(3, help="Timed rounds (median reported)."),
+    model: str = typer.Option("default", help="Student model."),
+    actors: int = typer.Option(2, help="Ray actors (1 CPU, 1 thread each)."),
+    max_new_tokens: int = typer.Option(64, help="Longest reply."),
+    output: Path = typer.Option(ROOT / "bench" / "results" / "ray_scaling.json"),
+) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    import torch
+
+    from spacy_uniner.cli import build_pipeline
+    from spacy_uniner.extraction import ExtractOptions, extract
+
+    texts = documents(docs)
+    work = Path(tempfile.mkdtemp(prefix="uniner-ray-scaling-"))
+    corpus = work / "docs.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)),
+        encoding="utf-8",
+    )
+    torch.set_num_threads(1)
+    nlp = build_pipeline(LABELS, model, max_new_tokens=max_new_tokens)
+    list(nlp.pipe(texts[:8]))  # warm-up: weights loaded, first calls done
+
+    def in_process() -> float:
+        start = time.perf_counter()
+        out = list(nlp.pipe(texts, batch_size=16))
+        assert len(out) == len(texts)
+        return time.perf_counter() - start
+
+    def on_ray(r: int) -> float:
+        summary = extract(ExtractOptions(
+            input=corpus, output=work / f"ray-{r}", labels=LABELS, model=model,
+            actors=actors, cpus_per_actor=1, batch_size=16, max_new_tokens=max_new_tokens,
+            id_field="id", progress=False,
+        ))
+        assert summary["run"]["ok"] == len(texts), summary["run"]
+        return summary["run"]["extract_seconds"]
+
+    ray.init(num_cpus=actors, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(Path(tempfile.gettempdir()) / "ray-bench"))
+    times = {"in_process": [], "ray": []}
+    try:
+        for r in range(rounds):
+            order = ("in_process", "ray") if r % 2 == 0 else ("ray", "in_process")
+            for way in order:
+                elapsed = in_process() if way == "in_process" else on_ray(r)
+                times[way].append(elapsed)
+                print(f"round {r + 1}: {way:10s} {elapsed:8.2f} s")
+    finally:
+        ray.shutdown()
+    one, two = statistics.median(times["in_process"]), statistics.median(times["ray"])
+    result = {
+        "benchmark": "ray_scaling",
+        "model": model,
+        "documents": len(texts),
+        "labels": LABELS,
+        "max_new_tokens": max_new_tokens,
+        "actors": actors,
+        "threads": {"in_process": 1, "per_actor": 1},
+        "in_process_s": [round(t, 2) for t in times["in_process"]],
+        "ray_s": [round(t, 2) for t in times["ray"]],
+        "docs_per_s": {"in_process": round(len(texts) / one, 3), "ray": round(len(texts) / two, 3)},
+        "speedup_x": round(one / two, 2),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch": torch.__version__},
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"speed-up Ray ({actors} actors x 1 thread) / in-process (1 thread): "
+          f"{result['speedup_x']}x")
+
+
+if __name__ == "__main__":
+    typer.run(main)
