@@ -176,12 +176,18 @@ class HFStudent:
                     continue
                 for i, gen in zip(idx, self._generate_shared([prompts[i] for i in idx])):
                     out[i] = gen
-        order = sorted(rest, key=lambda i: len(prompts[i]))
+        self._generate_each(prompts, rest, out)
+        return out  # type: ignore[return-value]
+
+    def _generate_each(
+        self, prompts: Sequence[str], indices: Sequence[int], out: List[Optional[Generation]]
+    ) -> None:
+        """Fill ``out[i]`` for each index, every prompt prefilled in full, batched by length."""
+        order = sorted(indices, key=lambda i: len(prompts[i]))
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
             for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx])):
                 out[i] = gen
-        return out  # type: ignore[return-value]
 
     def _generation_config(self) -> Any:
         from transformers import GenerationConfig
@@ -264,19 +270,14 @@ class HFStudent:
         shared = _common_prefix_len(ids)
         # Every row keeps at least one token of its own to start decoding from.
         shared = min(shared, min(len(x) for x in ids) - 1)
+        out: List[Optional[Generation]] = [None] * len(prompts)
         if shared < self.min_shared_tokens:
-            order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-            out: List[Optional[Generation]] = [None] * len(prompts)
-            for b in range(0, len(order), self.batch_size):
-                idx = order[b : b + self.batch_size]
-                for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx])):
-                    out[i] = gen
+            self._generate_each(prompts, range(len(prompts)), out)
             return out  # type: ignore[return-value]
         device = model.device
         prefix = torch.tensor([ids[0][:shared]], device=device)
         with torch.inference_mode():
             cache = model(input_ids=prefix, use_cache=True).past_key_values
-        out = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
