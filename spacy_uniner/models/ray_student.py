@@ -333,6 +333,7 @@ def make_ray_student_v1(
     allow_download: bool = False,
     adapter: Optional[str] = None,
     prefix_sharing: bool = True,
+    empty_bias: Optional[float] = None,
     student: Optional[Student] = None,
     num_actors: int = 2,
     num_gpus: float = 0.0,
@@ -345,7 +346,7 @@ def make_ray_student_v1(
     """The student in a pool of Ray actors; the pipeline stays in this process.
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
-        adapter, prefix_sharing: the settings of ``spacy_uniner.HFStudent.v1``,
+        adapter, prefix_sharing, empty_bias: the settings of ``spacy_uniner.HFStudent.v1``,
         used by each actor (device "cuda" uses the actor's ``num_gpus``).
     student (Optional[Student]): any other student block instead (e.g.
         ``test.ScriptedStudent.v1``); then the HF settings must stay at their
@@ -370,6 +371,7 @@ def make_ray_student_v1(
         "allow_download": allow_download,
         "adapter": adapter,
         "prefix_sharing": prefix_sharing,
+        "empty_bias": empty_bias,
     }
     if student is None:
         student = make_hf_student_v1(**hf)
