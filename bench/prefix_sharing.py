@@ -36,7 +36,8 @@ def main(
 
     from spacy_uniner import prompts as P
     from spacy_uniner.benchmarks import load_uniner_json
-    from spacy_uniner.models.hf import HFStudent, _common_prefix_len
+    from spacy_uniner.models.decoding import common_prefix_len
+    from spacy_uniner.models.hf import HFStudent
 
     torch.set_num_threads(threads)
     bench = load_uniner_json(data, limit=passages, seed=0)
@@ -49,7 +50,7 @@ def main(
     # Shared: each passage's common token prefix once, plus every query's own tail.
     k = len(bench.labels)
     shared_tokens = full_tokens - sum(
-        _common_prefix_len(ids[i : i + k]) * (k - 1) for i in range(0, len(ids), k)
+        common_prefix_len(ids[i : i + k]) * (k - 1) for i in range(0, len(ids), k)
     )
 
     def timed(sharing: bool, prompts: List[str]):

@@ -89,13 +89,13 @@ def main(
         return elapsed
 
     from spacy_uniner import prompts as P
-    from spacy_uniner.models.hf import _common_prefix_len
+    from spacy_uniner.models.decoding import common_prefix_len
 
     tok = pipe.model.tokenizer
     prompt_tokens = 0
     for text in texts:
         ids = [tok(P.render_query(text, label))["input_ids"] for label in LABELS]
-        prompt_tokens += sum(len(x) for x in ids) - _common_prefix_len(ids) * (len(ids) - 1)
+        prompt_tokens += sum(len(x) for x in ids) - common_prefix_len(ids) * (len(ids) - 1)
     prompt_tokens /= len(texts)
     params = sum(p.numel() for p in pipe.model.load()._model.parameters())
     gflops = matmul_gflops(threads)

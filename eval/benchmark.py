@@ -132,7 +132,7 @@ def main(
     output: Path = typer.Option(Path("eval/results/latest"), help="output folder"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (for --suite)"),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply (HF student)"),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="queries per generate call"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="queries the student decodes together"),
     passages_per_batch: int = typer.Option(
         4, min=1, help="passages per pipeline batch / cache write"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, auto (HF student)"),

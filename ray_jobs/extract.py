@@ -43,7 +43,7 @@ def main(
     ),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor."),
     batch_size: int = typer.Option(16, help="Documents per actor call."),
-    student_batch_size: int = typer.Option(8, help="Queries per generate call of --model."),
+    student_batch_size: int = typer.Option(16, help="Queries --model decodes together."),
     max_new_tokens: int = typer.Option(96, help="Longest reply per query of --model."),
     text_field: str = typer.Option("text", help="Text field of JSONL / parquet records."),
     id_field: Optional[str] = typer.Option(

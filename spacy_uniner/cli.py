@@ -61,7 +61,7 @@ def build_pipeline(
     store_replies: bool = False,
     adapter: Optional[str] = None,
     device: str = "cpu",
-    batch_size: int = 8,
+    batch_size: int = 16,
 ) -> Any:
     """A blank ``lang`` pipeline with ``universal_ner`` over an HFStudent (weights load lazily)."""
     import spacy

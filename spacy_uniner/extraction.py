@@ -120,7 +120,7 @@ class PipelineSpec:
     adapter: Optional[str] = None
     device: str = "cpu"
     max_new_tokens: int = 96
-    student_batch_size: int = 8
+    student_batch_size: int = 16
 
     def load(self) -> Any:
         """RETURNS (Language): the pipeline (a student loads its weights on first use)."""
@@ -555,7 +555,7 @@ class ExtractOptions:
     num_gpus: float = 0.0
     cpus_per_actor: float = 1.0
     batch_size: int = 16
-    student_batch_size: int = 8
+    student_batch_size: int = 16
     max_new_tokens: int = 96
     text_field: str = "text"
     id_field: Optional[str] = None

@@ -101,7 +101,7 @@ def test_component_end_to_end_with_tiny_model(tiny_model_config):
         assert len(group.attrs["scores"]) == len(group)
 
 
-def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir):
+def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir, monkeypatch):
     texts = [
         "Ada Lovelace met Charles Babbage in London in 1833.",
         "The Transformer architecture was introduced at NeurIPS by Google researchers. " * 3,
@@ -114,12 +114,21 @@ def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir):
     plain = HFStudent(
         str(tiny_model_dir), max_new_tokens=8, batch_size=4, threads=1, prefix_sharing=False
     )
-    calls = []
-    shared.load()
-    original = shared._generate_shared
-    shared._generate_shared = lambda group: calls.append(len(group)) or original(group)
+    from spacy_uniner.models.decoding import SharedDecoder
+
+    packed = []  # (rows, tokens) of each admission forward
+    original = SharedDecoder._forward
+    monkeypatch.setattr(
+        SharedDecoder, "_forward",
+        lambda self, ids, *rest: (ids.shape[1] > 1 and packed.append(tuple(ids.shape)))
+        or original(self, ids, *rest),
+    )
     a, b = shared.generate(ps), plain.generate(ps)
-    assert calls == [len(labels)] * len(texts)  # one prefill per passage
+    # every passage (and the free-text prompt) is one packed row, admitted once
+    # (batch_size 4 < 7 types: the batch widens to a whole passage)
+    assert sum(rows for rows, _ in packed) == len(texts) + 1
+    ids = [shared.tokenizer(p)["input_ids"] for p in ps]
+    assert sum(r * t for r, t in packed) < sum(map(len, ids)) / 2
     assert [g.text for g in a] == [g.text for g in b]
     for x, y in zip(a, b):
         assert x.token_offsets == y.token_offsets
@@ -127,13 +136,14 @@ def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir):
 
 
 def test_prefix_groups_and_common_prefix():
-    from spacy_uniner.models.hf import _common_prefix_len, _group_by_prefix
+    from spacy_uniner.models.decoding import common_prefix_len
+    from spacy_uniner.models.hf import _group_by_prefix
 
     ps = [prompts.render_query("A.", "x"), "free text", prompts.render_query("A.", "y"),
           prompts.render_query("B.", "x")]
     assert sorted(_group_by_prefix(ps).values()) == [[0, 2], [1], [3]]
-    assert _common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
-    assert _common_prefix_len([[5], [6]]) == 0
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_len([[5], [6]]) == 0
 
 
 def test_empty_bias_moves_the_first_answer_token(tiny_model_dir, tmp_path):

@@ -1,6 +1,5 @@
 """``spacy_uniner.HFStudent.v1``: a Hugging Face causal LM run in this process."""
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,9 +32,11 @@ class HFStudent:
 
     With ``prefix_sharing`` (the default), prompts that share a leading run of
     tokens — every type query of one passage shares the system text and the
-    passage — are answered from one prefill of that run: its key-value cache is
-    repeated across the queries, which are then decoded together, each stopping
-    on its own. Without it every prompt is prefilled in full (the reference way).
+    passage — are answered by :class:`~spacy_uniner.models.decoding.SharedDecoder`:
+    that run is prefilled once, together with every query's own tail, and the
+    queries are decoded ``batch_size`` at a time, a finished reply's place taken
+    by the next query at once. Without it every prompt is prefilled in full and
+    decoded by ``model.generate`` in length-sorted batches (the reference way).
 
     ``empty_bias`` is a decision threshold for "is this type in the text at
     all": at the first answer token, the logits of tokens that open an empty
@@ -52,12 +53,11 @@ class HFStudent:
         device: str = "cpu",
         dtype: str = "float32",
         max_new_tokens: int = 96,
-        batch_size: int = 8,
+        batch_size: int = 16,
         threads: Optional[int] = None,
         allow_download: bool = False,
         adapter: Optional[str] = None,
         prefix_sharing: bool = True,
-        min_shared_tokens: int = 16,
         empty_bias: Optional[float] = None,
     ) -> None:
         if dtype not in _DTYPES:
@@ -79,13 +79,13 @@ class HFStudent:
             adapter = str(shipped) if shipped else None
         self.adapter = adapter
         self.prefix_sharing = prefix_sharing
-        self.min_shared_tokens = min_shared_tokens
         if empty_bias is None:
             empty_bias = float(adapter_settings(adapter).get("empty_bias", 0.0))
         self.empty_bias = empty_bias
         self._empty_ids: Optional[List[int]] = None
         self._model: Any = None
         self._tokenizer: Any = None
+        self._workspace: Dict[str, Any] = {}  # the shared decoder's key/value slabs
 
     def __repr__(self) -> str:
         return (
@@ -162,22 +162,35 @@ class HFStudent:
         """Replies in prompt order.
 
         With prefix sharing, prompts are grouped by their query-free prefix and
-        each group is answered from one prefill; the rest (and everything when
-        sharing is off) is batched by length to limit padding.
+        decoded by :class:`~spacy_uniner.models.decoding.SharedDecoder`
+        (``batch_size`` rows at a time, refilled as answers finish); without
+        it, prompts are batched by length through ``model.generate``.
         """
         self.load()
-        out: List[Optional[Generation]] = [None] * len(prompts)
-        rest = list(range(len(prompts)))
         if self.prefix_sharing:
-            rest = []
-            for idx in _group_by_prefix(prompts).values():
-                if len(idx) < 2:
-                    rest.extend(idx)
-                    continue
-                for i, gen in zip(idx, self._generate_shared([prompts[i] for i in idx])):
-                    out[i] = gen
-        self._generate_each(prompts, rest, out)
+            return self._generate_shared(prompts)
+        out: List[Optional[Generation]] = [None] * len(prompts)
+        self._generate_each(prompts, range(len(prompts)), out)
         return out  # type: ignore[return-value]
+
+    def _generate_shared(self, prompts: Sequence[str]) -> List[Generation]:
+        from .decoding import SharedDecoder
+
+        tok = self.tokenizer
+        decoder = SharedDecoder(
+            self._model,
+            slots=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            finished=lambda ids: answer_complete(tok.decode(ids, skip_special_tokens=True)),
+            empty_ids=self.empty_list_ids if self.empty_bias else (),
+            empty_bias=self.empty_bias,
+            workspace=self._workspace,
+        )
+        ids = [tok(p)["input_ids"] for p in prompts]
+        replies = decoder.generate(ids, list(_group_by_prefix(prompts).values()))
+        return [self._to_generation(t, lps) for t, lps in replies]
 
     def _generate_each(
         self, prompts: Sequence[str], indices: Sequence[int], out: List[Optional[Generation]]
@@ -255,52 +268,6 @@ class HFStudent:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self._model.device)
         return self._run_generate(**enc)
 
-    def _generate_shared(self, prompts: List[str]) -> List[Generation]:
-        """Prompts with a common prefix: one prefill, then the queries batched on its cache.
-
-        Each row is ``prefix + padding + query``; the padding is masked and the
-        positions follow the mask, so a query sees exactly the tokens it would
-        see alone.
-        """
-        import torch
-
-        tok = self.tokenizer
-        model = self._model
-        ids = [tok(p)["input_ids"] for p in prompts]
-        shared = _common_prefix_len(ids)
-        # Every row keeps at least one token of its own to start decoding from.
-        shared = min(shared, min(len(x) for x in ids) - 1)
-        out: List[Optional[Generation]] = [None] * len(prompts)
-        if shared < self.min_shared_tokens:
-            self._generate_each(prompts, range(len(prompts)), out)
-            return out  # type: ignore[return-value]
-        device = model.device
-        prefix = torch.tensor([ids[0][:shared]], device=device)
-        with torch.inference_mode():
-            cache = model(input_ids=prefix, use_cache=True).past_key_values
-        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b : b + self.batch_size]
-            tails = [ids[i][shared:] for i in idx]
-            width = max(len(t) for t in tails)
-            rows = [[tok.pad_token_id] * (width - len(t)) + t for t in tails]
-            mask = [[0] * (width - len(t)) + [1] * len(t) for t in tails]
-            input_ids = torch.cat(
-                [prefix.expand(len(idx), -1), torch.tensor(rows, device=device)], dim=1
-            )
-            attention_mask = torch.cat(
-                [torch.ones_like(prefix).expand(len(idx), -1), torch.tensor(mask, device=device)],
-                dim=1,
-            )
-            batch_cache = copy.deepcopy(cache)
-            batch_cache.batch_repeat_interleave(len(idx))
-            gens = self._run_generate(
-                input_ids=input_ids, attention_mask=attention_mask, past_key_values=batch_cache
-            )
-            for i, gen in zip(idx, gens):
-                out[i] = gen
-        return out  # type: ignore[return-value]
-
     def _to_generation(self, ids: List[int], logprobs: List[float]) -> Generation:
         tok = self.tokenizer
         special = set(tok.all_special_ids)
@@ -369,24 +336,13 @@ def _group_by_prefix(prompts: Sequence[str]) -> Dict[str, List[int]]:
     return groups
 
 
-def _common_prefix_len(ids: Sequence[Sequence[int]]) -> int:
-    """Length of the longest run of token ids every sequence starts with."""
-    first = ids[0]
-    n = min(len(x) for x in ids)
-    for k in range(n):
-        t = first[k]
-        if any(x[k] != t for x in ids):
-            return k
-    return n
-
-
 @uniner_models("spacy_uniner.HFStudent.v1")
 def make_hf_student_v1(
     name: str = "default",
     device: str = "cpu",
     dtype: str = "float32",
     max_new_tokens: int = 96,
-    batch_size: int = 8,
+    batch_size: int = 16,
     threads: Optional[int] = None,
     allow_download: bool = False,
     adapter: Optional[str] = None,
@@ -400,15 +356,17 @@ def make_hf_student_v1(
     device (str): "cpu", "cuda", "cuda:N" or "auto".
     dtype (str): "float32", "bfloat16", "float16" or "auto".
     max_new_tokens (int): the longest reply.
-    batch_size (int): queries per generate call.
+    batch_size (int): queries decoded together (with prefix_sharing off: per
+        ``model.generate`` call).
     threads (Optional[int]): torch threads, unchanged if None.
     allow_download (bool): let transformers fetch a hub id that is not cached.
     adapter (Optional[str]): a PEFT (LoRA) adapter folder, merged into the model
         at load time. With name "default" the shipped distilled adapter is used
         unless another is given; name "smollm2-135m-instruct" is the bare base.
     prefix_sharing (bool): answer all type queries of a passage from one prefill
-        of the passage (same greedy answers, several times faster); False
-        prefills every query in full.
+        of the passage, with continuous batching (the same greedy answers up to
+        float summation order, several times faster); False prefills every
+        query in full and decodes with ``model.generate``.
     empty_bias (Optional[float]): nats taken from the empty-list answer at the
         first reply token (> 0 answers more often); None: the adapter's recorded
         value (uniner_student.json), else 0.

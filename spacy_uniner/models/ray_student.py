@@ -328,7 +328,7 @@ def make_ray_student_v1(
     device: str = "cpu",
     dtype: str = "float32",
     max_new_tokens: int = 96,
-    batch_size: int = 8,
+    batch_size: int = 16,
     threads: Optional[int] = None,
     allow_download: bool = False,
     adapter: Optional[str] = None,
