@@ -1,9 +1,18 @@
 """Prefix-shared decoding vs one full prefill per type query, same student, same prompts.
 
 50 CrossNER passages (UniNER's own CrossNER_AI file, a seeded sample) x all
-13 types of the dataset. Each timed round runs both ways on the same prompts,
-alternating which goes first; one warm-up round first; the median of the rounds
-is reported. Answers are compared query by query (greedy decoding both ways).
+13 types of the dataset, fp32. Ways, each on the same prompts in every round:
+
+- per_type: the reference — every query prefilled in full and decoded by
+  ``model.generate`` in length-sorted batches (HFStudent prefix_sharing=false);
+- shared: the default — SharedDecoder, one packed prefill per passage and
+  continuous batching;
+- unshared_continuous (--ablation): SharedDecoder with every query a group of
+  its own, i.e. the same decode loop without sharing, to show how much of the
+  gain each part brings.
+
+Rounds alternate the order of the ways; one warm-up first; medians reported.
+Answers are compared query by query with per_type (greedy decoding everywhere).
 Writes bench/results/prefix_sharing.json.
 
     python bench/prefix_sharing.py [--passages 50] [--rounds 3] [--model default]
@@ -14,7 +23,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import typer
 
@@ -28,7 +37,8 @@ def main(
     model: str = typer.Option("default", help="Student model (as HFStudent.v1 `name`)."),
     threads: int = typer.Option(2, help="torch threads, pinned."),
     max_new_tokens: int = typer.Option(64, help="Longest reply."),
-    batch_size: int = typer.Option(16, help="Queries per generate call (both ways)."),
+    batch_size: int = typer.Option(16, help="Queries decoded together (every way)."),
+    ablation: bool = typer.Option(True, help="Also time continuous batching without sharing."),
     data: Path = typer.Option(DATA, help="A UniNER evaluation JSON file."),
     output: Path = typer.Option(ROOT / "bench" / "results" / "prefix_sharing.json"),
 ) -> None:
@@ -53,28 +63,39 @@ def main(
         common_prefix_len(ids[i : i + k]) * (k - 1) for i in range(0, len(ids), k)
     )
 
-    def timed(sharing: bool, prompts: List[str]):
-        student.prefix_sharing = sharing
+    ways = {
+        # the reference: every query prefilled in full, model.generate in batches
+        "per_type": lambda prompts: student._generate_each_all(prompts),
+        # the default: one prefill per passage, continuous batching
+        "shared": lambda prompts: student._generate_shared(prompts),
+        # continuous batching with no sharing: how much of the gain is the decode loop
+        "unshared_continuous": lambda prompts: student._generate_shared(prompts, share=False),
+    }
+    if not ablation:
+        del ways["unshared_continuous"]
+
+    def timed(way: str, prompts: List[str]):
         start = time.perf_counter()
-        gens = student.generate(prompts)
+        gens = ways[way](prompts)
         return time.perf_counter() - start, [g.text for g in gens]
 
     warm = queries[: 2 * len(bench.labels)]
-    timed(True, warm)
-    timed(False, warm)
-    times = {True: [], False: []}
-    same = total = 0
+    for way in ways:
+        timed(way, warm)
+    times: Dict[str, List[float]] = {way: [] for way in ways}
+    same = {way: 0 for way in ways}
+    names = list(ways)
     for r in range(rounds):
         answers = {}
-        for sharing in ((True, False) if r % 2 == 0 else (False, True)):
-            elapsed, answers[sharing] = timed(sharing, queries)
-            times[sharing].append(elapsed)
-            print(f"round {r + 1}: {'shared  ' if sharing else 'per-type'} {elapsed:8.2f} s")
-        same += sum(a == b for a, b in zip(answers[True], answers[False]))
-        total += len(queries)
-    shared_s = statistics.median(times[True])
-    per_type_s = statistics.median(times[False])
+        for way in names if r % 2 == 0 else names[::-1]:
+            elapsed, answers[way] = timed(way, queries)
+            times[way].append(elapsed)
+            print(f"round {r + 1}: {way:20s} {elapsed:8.2f} s", flush=True)
+        for way in ways:
+            same[way] += sum(a == b for a, b in zip(answers[way], answers["per_type"]))
+    median = {way: statistics.median(t) for way, t in times.items()}
     n = len(bench.passages)
+    total = rounds * len(queries)
     result = {
         "benchmark": "prefix_sharing",
         "model": model,
@@ -88,19 +109,30 @@ def main(
         "rounds": rounds,
         "prompt_tokens": {"per_type": full_tokens, "shared": shared_tokens},
         "prefill_ceiling_x": round(full_tokens / shared_tokens, 2),
-        "shared_s": [round(t, 3) for t in times[True]],
-        "per_type_s": [round(t, 3) for t in times[False]],
-        "passages_per_s": {"shared": round(n / shared_s, 4), "per_type": round(n / per_type_s, 4)},
-        "speedup_x": round(per_type_s / shared_s, 2),
-        "identical_answers": round(same / total, 4),
+        "seconds": {way: [round(t, 3) for t in ts] for way, ts in times.items()},
+        "median_s": {way: round(t, 3) for way, t in median.items()},
+        "passages_per_s": {way: round(n / t, 4) for way, t in median.items()},
+        "speedup_x": round(median["per_type"] / median["shared"], 2),
+        "identical_answers": round(same["shared"] / total, 4),
+        "identical_answers_by_way": {way: round(v / total, 4) for way, v in same.items()},
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
     }
+    if ablation:
+        result["speedup_continuous_batching_alone_x"] = round(
+            median["per_type"] / median["unshared_continuous"], 2
+        )
+        result["speedup_sharing_on_top_x"] = round(
+            median["unshared_continuous"] / median["shared"], 2
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"speed-up shared / per-type: {result['speedup_x']}x "
-          f"(prefill ceiling {result['prefill_ceiling_x']}x); "
+          f"(prompt-token ratio {result['prefill_ceiling_x']}x); "
           f"identical answers {100 * result['identical_answers']:.1f}%")
+    if ablation:
+        print(f"continuous batching alone: {result['speedup_continuous_batching_alone_x']}x; "
+              f"sharing on top of it: {result['speedup_sharing_on_top_x']}x")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ are those a passage's 10 queries need prefilled with sharing (the passage
 prefix once plus each query's own tail). Decoding is not in the roofline, so
 the fraction is conservative. Writes bench/results/student_speed.json.
 
-    python bench/student_speed.py [--passages 8] [--model default] [--dtype float32]
+Every dtype in --dtypes is timed in the same run (alternating), and its
+replies are compared with the first one's (fp32 by default): lower precision is
+only worth it where the answers stay the same.
+
+    python bench/student_speed.py [--passages 8] [--model default] [--dtypes float32,bfloat16]
 """
 
 import json
@@ -17,6 +21,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import typer
 
@@ -47,26 +52,38 @@ def main(
     model: str = typer.Option("default", help="Student model."),
     threads: int = typer.Option(2, help="torch threads."),
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
-    batch_size: int = typer.Option(16, help="Queries per generate call."),
-    dtype: str = typer.Option("float32", help="Student weights: float32 or bfloat16."),
+    batch_size: int = typer.Option(16, help="Queries decoded together."),
+    dtypes: str = typer.Option(
+        "float32,bfloat16",
+        help="Student weights to time, comma-separated; the first is the headline figure and "
+        "the reference the others' answers are compared with.",
+    ),
     output: Path = typer.Option(ROOT / "bench" / "results" / "student_speed.json"),
 ) -> None:
     import spacy
     import torch
 
+    from spacy_uniner import prompts as P
+    from spacy_uniner.models.decoding import common_prefix_len
+
     torch.set_num_threads(threads)
-    nlp = spacy.blank("en")
-    pipe = nlp.add_pipe(
-        "universal_ner",
-        config={
-            "labels": LABELS,
-            "model": {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model,
-                      "threads": threads, "max_new_tokens": max_new_tokens,
-                      "batch_size": batch_size, "dtype": dtype},
-            "store_replies": True,
-        },
-    )
-    pipe.initialize()
+    names = [d.strip() for d in dtypes.split(",") if d.strip()]
+    pipes = {}
+    for dtype in names:
+        nlp = spacy.blank("en")
+        pipe = nlp.add_pipe(
+            "universal_ner",
+            config={
+                "labels": LABELS,
+                "model": {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model,
+                          "threads": threads, "max_new_tokens": max_new_tokens,
+                          "batch_size": batch_size, "dtype": dtype},
+                "store_replies": True,
+            },
+        )
+        pipe.initialize()
+        pipes[dtype] = (nlp, pipe)
+    pipe = pipes[names[0]][1]
     texts = []
     seen = set()
     for line in DATA.read_text(encoding="utf-8").splitlines():
@@ -81,15 +98,14 @@ def main(
             break
     assert all(len(pipe.model.token_offsets(t)) <= 256 for t in texts)
 
-    def run() -> float:
+    def run(dtype: str) -> Tuple[float, List[str]]:
+        nlp = pipes[dtype][0]
         start = time.perf_counter()
         docs = list(nlp.pipe(texts, batch_size=len(texts)))
         elapsed = time.perf_counter() - start
         assert all(d.user_data["universal_ner"]["stats"]["windows"] == 1 for d in docs)
-        return elapsed
-
-    from spacy_uniner import prompts as P
-    from spacy_uniner.models.decoding import common_prefix_len
+        replies = [r["reply"] for d in docs for r in d.user_data["universal_ner"]["replies"]]
+        return elapsed, replies
 
     tok = pipe.model.tokenizer
     prompt_tokens = 0
@@ -99,16 +115,40 @@ def main(
     prompt_tokens /= len(texts)
     params = sum(p.numel() for p in pipe.model.load()._model.parameters())
     gflops = matmul_gflops(threads)
-    roofline = gflops * 1e9 / (2 * params * prompt_tokens)
 
-    run()  # warm-up
-    before = dict(pipe.stats)
-    times = [run() for _ in range(runs)]
-    queries = (pipe.stats["queries"] - before.get("queries", 0)) / runs
-    failures = (pipe.stats["parse_failures"] - before.get("parse_failures", 0)) / runs
-    median = statistics.median(times)
+    for dtype in names:
+        run(dtype)  # warm-up
+    before = {d: dict(pipes[d][1].stats) for d in names}
+    times: Dict[str, List[float]] = {d: [] for d in names}
+    replies: Dict[str, List[str]] = {}
+    for r in range(runs):
+        for dtype in names if r % 2 == 0 else names[::-1]:
+            elapsed, replies[dtype] = run(dtype)
+            times[dtype].append(elapsed)
+            print(f"run {r + 1}: {dtype:9s} {elapsed:7.2f} s", flush=True)
     gflops = max(gflops, matmul_gflops(threads))  # again after the runs: the best seen
     roofline = gflops * 1e9 / (2 * params * prompt_tokens)
+
+    def figures(dtype: str) -> Dict[str, Any]:
+        stats = pipes[dtype][1].stats
+        queries = (stats["queries"] - before[dtype].get("queries", 0)) / runs
+        failures = (stats["parse_failures"] - before[dtype].get("parse_failures", 0)) / runs
+        median = statistics.median(times[dtype])
+        reference = replies[names[0]]
+        return {
+            "dtype": dtype,
+            "runs_s": [round(t, 3) for t in times[dtype]],
+            "median_s": round(median, 3),
+            "passages_per_s": round(len(texts) / median, 4),
+            "queries_per_s": round(queries / median, 3),
+            "unparseable_reply_rate": round(failures / queries, 3),
+            "fraction_of_roofline": round(len(texts) / median / roofline, 3),
+            f"same_replies_as_{names[0]}": round(
+                sum(a == b for a, b in zip(replies[dtype], reference)) / len(reference), 4
+            ),
+        }
+
+    head = figures(names[0])
     result = {
         "benchmark": "student_speed",
         "model": model,
@@ -118,27 +158,25 @@ def main(
         "labels": LABELS,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
-        "dtype": dtype,
         "prefix_sharing": pipe.model.prefix_sharing,
-        "runs_s": [round(t, 3) for t in times],
-        "median_s": round(median, 3),
-        "passages_per_s": round(len(texts) / median, 4),
-        "queries_per_s": round(queries / median, 3),
-        "unparseable_reply_rate": round(failures / queries, 3),
+        **head,
         "parameters": params,
         "prompt_tokens_per_passage": round(prompt_tokens, 1),
         "matmul_gflops_fp32": round(gflops, 1),
         "roofline_passages_per_s": round(roofline, 4),
-        "fraction_of_roofline": round(len(texts) / median / roofline, 3),
+        "other_dtypes": [figures(d) for d in names[1:]],
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"{result['passages_per_s']} passages/s = {result['fraction_of_roofline']} of the "
-          f"roofline ({result['roofline_passages_per_s']} passages/s at "
-          f"{result['matmul_gflops_fp32']} GFLOP/s)")
+    for fig in [head] + result["other_dtypes"]:
+        print(f"{fig['dtype']}: {fig['passages_per_s']} passages/s = "
+              f"{fig['fraction_of_roofline']} of the fp32 roofline "
+              f"({result['roofline_passages_per_s']} passages/s at "
+              f"{result['matmul_gflops_fp32']} GFLOP/s); same replies as {names[0]}: "
+              f"{100 * fig[f'same_replies_as_{names[0]}']:.1f}%")
 
 
 if __name__ == "__main__":

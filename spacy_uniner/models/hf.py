@@ -169,13 +169,25 @@ class HFStudent:
         self.load()
         if self.prefix_sharing:
             return self._generate_shared(prompts)
+        return self._generate_each_all(prompts)
+
+    def _generate_each_all(self, prompts: Sequence[str]) -> List[Generation]:
+        """Every prompt prefilled in full, ``model.generate`` in length-sorted batches."""
+        self.load()
         out: List[Optional[Generation]] = [None] * len(prompts)
-        self._generate_each(prompts, range(len(prompts)), out)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b : b + self.batch_size]
+            for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx])):
+                out[i] = gen
         return out  # type: ignore[return-value]
 
-    def _generate_shared(self, prompts: Sequence[str]) -> List[Generation]:
+    def _generate_shared(self, prompts: Sequence[str], share: bool = True) -> List[Generation]:
+        """Replies through the SharedDecoder; ``share=False`` gives every prompt
+        a group of its own (continuous batching alone, for comparison)."""
         from .decoding import SharedDecoder
 
+        self.load()
         tok = self.tokenizer
         decoder = SharedDecoder(
             self._model,
@@ -189,18 +201,11 @@ class HFStudent:
             workspace=self._workspace,
         )
         ids = [tok(p)["input_ids"] for p in prompts]
-        replies = decoder.generate(ids, list(_group_by_prefix(prompts).values()))
+        groups = (
+            list(_group_by_prefix(prompts).values()) if share else [[i] for i in range(len(ids))]
+        )
+        replies = decoder.generate(ids, groups)
         return [self._to_generation(t, lps) for t, lps in replies]
-
-    def _generate_each(
-        self, prompts: Sequence[str], indices: Sequence[int], out: List[Optional[Generation]]
-    ) -> None:
-        """Fill ``out[i]`` for each index, every prompt prefilled in full, batched by length."""
-        order = sorted(indices, key=lambda i: len(prompts[i]))
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b : b + self.batch_size]
-            for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx])):
-                out[i] = gen
 
     def _generation_config(self) -> Any:
         from transformers import GenerationConfig
