@@ -169,3 +169,17 @@ def test_empty_bias_moves_the_first_answer_token(tiny_model_dir, tmp_path):
     (tmp_path / "uniner_student.json").write_text("{oops")
     with pytest.raises(ValueError, match="uniner_student.json"):
         HFStudent(str(tiny_model_dir), adapter=str(tmp_path))
+
+
+def test_ray_chunks_keep_a_passage_together():
+    from spacy_uniner.models.ray_student import chunk_bounds
+
+    ps = [prompts.render_query(t, label) for t in ["A.", "B b.", "C."] for label in "xyz"]
+    ps.insert(4, "free text")
+    # sizes 2: each chunk runs to the end of the passage it started in
+    assert chunk_bounds(ps, 2) == [(0, 3), (3, 5), (5, 7), (7, 10)]
+    assert chunk_bounds(ps, 100) == [(0, 10)]
+    assert chunk_bounds([], 4) == []
+    for start, end in chunk_bounds(ps, 1):
+        keys = {p[: p.rfind("USER: ")] for p in ps[start:end] if "USER: " in p}
+        assert len(keys) <= 1

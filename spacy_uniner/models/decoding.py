@@ -3,24 +3,28 @@
 UniNER asks one question per entity type about the same passage, and most
 answers are a few tokens long. This decoder
 
-- prefills each passage's shared prefix (system text + passage) once, for
-  several passages in one padded forward;
-- copies that prefix's keys/values into one row per question, prefills all the
-  questions' own tails together and takes their first answer token;
-- decodes every running row one token per step on a preallocated key/value
-  slab (each step writes one column in place; nothing is concatenated), and
-  refills the rows of finished answers with the next questions, so a long
-  answer never holds a batch of short ones hostage.
+- admits a passage's questions with one forward over ``prefix + tail_1 + ...
+  + tail_k`` packed in one row (the prefix is the system text and the passage,
+  a tail is a question's own last turn), each tail masked to see only the
+  prefix and itself and positioned right after the prefix; the last position
+  of each tail gives that question's first answer token. Several passages go
+  in one padded forward;
+- gives every question still answering a row on a preallocated key/value slab
+  (its prefix's and own tail's keys/values, gathered from the admission
+  forward), and decodes all rows one token per step, each step writing one
+  column in place (nothing is concatenated);
+- hands a finished answer's row to the next question at once (continuous
+  batching), so a long answer never holds a batch of short ones hostage.
 
-Each row is ``[masked] prefix [masked] tail answer...``: positions follow the
-row's own tokens and masked columns are never attended to, so every question
-sees exactly the tokens it would see alone and greedy answers equal per-prompt
-``generate`` up to floating-point summation order.
+Rows read only their own columns (the mask) and keep their own positions, so
+every question sees exactly the tokens it would see alone and greedy answers
+equal per-prompt ``generate`` up to floating-point summation order.
 """
 
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
 
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -75,7 +79,12 @@ def _gqa_sdpa_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1 and attention_mask is not None and query.shape[2] > 1 and not kwargs.get("position_bias"):
+    if (
+        groups > 1
+        and attention_mask is not None
+        and query.shape[2] > 1
+        and kwargs.get("position_bias") is None
+    ):
         out = torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, scale=kwargs.get("scaling"), enable_gqa=True
         )
@@ -107,14 +116,16 @@ def _attention(model: Any) -> Iterator[None]:
         config._attn_implementation = before
 
 
-def _keeps_masked_logits(model: Any) -> bool:
+@lru_cache(maxsize=None)
+def _keeps_masked_logits(model_class: type) -> bool:
     """Whether the model's forward takes a boolean ``logits_to_keep`` mask
-    (transformers' ``slice_logits_to_keep``): the last position of each row then
-    reaches the LM head as one contiguous matrix."""
+    (transformers' ``slice_logits_to_keep``): only the positions that need a
+    next token then reach the LM head, as one contiguous matrix. Otherwise the
+    decoder asks for every position's logits and picks."""
     import inspect
 
     try:
-        return "slice_logits_to_keep" in inspect.getsource(type(model).forward)
+        return "slice_logits_to_keep" in inspect.getsource(model_class.forward)
     except (OSError, TypeError):
         return False
 
@@ -143,20 +154,14 @@ class _Row:
 class SharedDecoder:
     """Greedy replies for token-id prompts grouped by a shared prefix.
 
-    slots: rows decoded together. finished(ids) says whether a reply (token ids, EOS excluded) is
-    complete; EOS and ``max_new_tokens`` end a reply too. ``empty_ids`` /
-    ``empty_bias`` lower those tokens' logits at the first answer token.
-    ``prefill_tokens`` bounds the tokens of one admission forward (at least
-    one group is always admitted). The slab has room for the widest prompt,
-    ``max_new_tokens`` and ``spare_columns`` (default: the widest prompt, at
-    least 64) before it is compacted. ``workspace`` keeps the key/value slabs
-    between calls.
-
-    Admitting a group is one forward over ``prefix + tail_1 + ... + tail_k``
-    packed in one row, each tail masked to see only the prefix and itself and
-    positioned right after the prefix; the last position of each tail gives
-    that prompt's first answer token. Each prompt then gets a decoding row
-    holding the keys/values of the prefix and its own tail.
+    slots: rows decoded together. finished(ids) says whether a reply (token
+    ids, EOS excluded) is complete; EOS and ``max_new_tokens`` end a reply too.
+    ``empty_ids`` / ``empty_bias`` lower those tokens' logits at the first
+    answer token. ``prefill_tokens`` bounds the padded tokens of one admission
+    forward (one group is always admitted). The slab has room for the widest
+    prompt, ``max_new_tokens`` and ``spare_columns`` (default: the widest
+    prompt, at least 64) before it is compacted. ``workspace`` (a dict) keeps
+    the key/value slab between calls.
     """
 
     def __init__(
@@ -170,7 +175,7 @@ class SharedDecoder:
         finished: Callable[[Tokens], bool],
         empty_ids: Sequence[int] = (),
         empty_bias: float = 0.0,
-        prefill_tokens: int = 4096,
+        prefill_tokens: int = 2048,
         spare_columns: Optional[int] = None,
         workspace: Optional[dict] = None,
     ) -> None:
@@ -187,7 +192,7 @@ class SharedDecoder:
         self.prefill_tokens = prefill_tokens
         self.spare_columns = spare_columns
         self._workspace = {} if workspace is None else workspace
-        self._masked_keep = _keeps_masked_logits(model)
+        self._masked_keep = _keeps_masked_logits(type(model))
         cfg = model.config
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         self.layers = text_cfg.num_hidden_layers

@@ -332,13 +332,17 @@ def _group_by_prefix(prompts: Sequence[str]) -> Dict[str, List[int]]:
     In the UniNER conversation that is the system text and the passage (and any
     earlier turns); a prompt without a question turn is a group of its own.
     """
-    marker = f"{SEP2}{USER}: "
     groups: Dict[str, List[int]] = {}
     for i, prompt in enumerate(prompts):
-        cut = prompt.rfind(marker)
-        key = prompt[: cut + len(SEP2)] if cut >= 0 else f"\0{i}"
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(prefix_key(prompt, i), []).append(i)
     return groups
+
+
+def prefix_key(prompt: str, index: int) -> str:
+    """What ``prompt`` (at ``index`` in its call) shares with the other type
+    queries of its passage: the text before its last question turn."""
+    cut = prompt.rfind(f"{SEP2}{USER}: ")
+    return prompt[: cut + len(SEP2)] if cut >= 0 else f"\0{index}"
 
 
 @uniner_models("spacy_uniner.HFStudent.v1")

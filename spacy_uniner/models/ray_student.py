@@ -3,8 +3,9 @@
 The pipeline stays in the caller's process: the component cuts documents into
 windows with the student's tokenizer here and sends the queries to the pool.
 Each actor holds its own copy of the student (``num_gpus`` / ``num_cpus`` per
-actor). A call's queries are cut into chunks of ``chunk_size`` and dispatched
-with at most ``max_in_flight`` chunks per actor; replies come back in prompt
+actor). A call's queries are cut into chunks of about ``chunk_size`` (never
+splitting one passage's type queries, so each passage is prefilled once) and
+dispatched with at most ``max_in_flight`` chunks per actor; replies come back in prompt
 order. ``nlp.pipe`` keeps up to :attr:`RayStudent.lookahead` batches of
 documents submitted (see ``UniversalNER.pipe``), so the pool stays busy while
 the documents still come out in order.
@@ -26,7 +27,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ..registry import uniner_models
 from .base import Generation, Student
-from .hf import make_hf_student_v1
+from .hf import make_hf_student_v1, prefix_key
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -50,6 +51,22 @@ class _StudentActor:
 
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
         return self.student.generate(prompts)
+
+
+def chunk_bounds(prompts: Sequence[str], size: int) -> List[Tuple[int, int]]:
+    """``(start, end)`` of chunks of at least ``size`` prompts (the last may be
+    smaller) that never split one passage's type queries, so an actor answers
+    them all from one prefill of the passage."""
+    keys = [prefix_key(p, i) for i, p in enumerate(prompts)]
+    bounds = []
+    start = 0
+    while start < len(prompts):
+        end = min(start + size, len(prompts))
+        while end < len(prompts) and keys[end] == keys[end - 1]:
+            end += 1
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 @dataclass
@@ -239,8 +256,8 @@ class RayStudent:
         """Queue ``prompts``; RETURNS a handle whose ``result()`` gives the replies in order."""
         self.load()
         call = PendingGenerations(self, len(prompts))
-        for start in range(0, len(prompts), self.chunk_size):
-            self._queue.append(_Chunk(call, start, list(prompts[start : start + self.chunk_size])))
+        for start, end in chunk_bounds(prompts, self.chunk_size):
+            self._queue.append(_Chunk(call, start, list(prompts[start:end])))
         self.stats["calls"] += 1
         self.stats["prompts"] += len(prompts)
         self._dispatch()
@@ -355,7 +372,8 @@ def make_ray_student_v1(
     num_actors (int): actors in the pool.
     num_gpus (float): GPUs per actor (fractions share a GPU).
     num_cpus (float): CPUs per actor.
-    chunk_size (int): prompts per request to an actor.
+    chunk_size (int): prompts per request to an actor (more where a passage's
+        type queries would otherwise be split).
     max_in_flight (int): requests queued on each actor at a time.
     max_retries (int): how often a chunk is sent again after its actor died.
     address (Optional[str]): the Ray cluster to join if Ray is not started yet
