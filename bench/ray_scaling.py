@@ -6,9 +6,7 @@ alternating which goes first, after one warm-up of the in-process pipeline; the
 median of the rounds is reported. The Ray time is the extraction phase of
 ``ray_jobs.extract`` (actor start-up and model loading included, Ray start-up
 not); the in-process time is ``nlp.pipe`` on a pipeline already loaded, so the
-ratio is conservative. The ratio without start-up takes the Ray rate from the
-moment as many batches as actors have come back (every actor started, loaded
-and warm) to the end. Writes bench/results/ray_scaling.json.
+ratio is conservative. Writes bench/results/ray_scaling.json.
 
     python bench/ray_scaling.py [--docs 200] [--rounds 3]
 """
@@ -75,15 +73,12 @@ def main(
             actors=actors, cpus_per_actor=1, batch_size=16, max_new_tokens=max_new_tokens,
             id_field="id", progress=False,
         ))
-        run = summary["run"]
-        assert run["ok"] == len(texts), run
-        warm.append((run["warm_after_seconds"], run["docs_after_warm"], run["extract_seconds"]))
-        return run["extract_seconds"]
+        assert summary["run"]["ok"] == len(texts), summary["run"]
+        return summary["run"]["extract_seconds"]
 
     ray.init(num_cpus=actors, include_dashboard=False, log_to_driver=False,
              _temp_dir=str(Path(tempfile.gettempdir()) / "ray-bench"))
     times = {"in_process": [], "ray": []}
-    warm: list = []  # per Ray run: (warm after s, documents after, extract s)
     try:
         for r in range(rounds):
             order = ("in_process", "ray") if r % 2 == 0 else ("ray", "in_process")
@@ -94,12 +89,6 @@ def main(
     finally:
         ray.shutdown()
     one, two = statistics.median(times["in_process"]), statistics.median(times["ray"])
-    # Without start-up: the Ray rate once every actor has returned a batch, over
-    # the in-process rate (whose pipeline is loaded before it is timed).
-    warm_rates = [docs / (total - at) for at, docs, total in warm if at is not None and docs]
-    warm_ratio = (
-        round(statistics.median(warm_rates) / (len(texts) / one), 2) if warm_rates else None
-    )
     result = {
         "benchmark": "ray_scaling",
         "model": model,
@@ -112,9 +101,6 @@ def main(
         "ray_s": [round(t, 2) for t in times["ray"]],
         "docs_per_s": {"in_process": round(len(texts) / one, 3), "ray": round(len(texts) / two, 3)},
         "speedup_x": round(one / two, 2),
-        "ray_warm_after_s": [w[0] for w in warm],
-        "ray_docs_after_warm": [w[1] for w in warm],
-        "speedup_without_startup_x": warm_ratio,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch": torch.__version__},
     }
@@ -122,7 +108,7 @@ def main(
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"speed-up Ray ({actors} actors x 1 thread) / in-process (1 thread): "
-          f"{result['speedup_x']}x end to end; {warm_ratio}x once the actors are warm")
+          f"{result['speedup_x']}x")
 
 
 if __name__ == "__main__":

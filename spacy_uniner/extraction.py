@@ -158,19 +158,6 @@ def _error_message(err: BaseException) -> str:
     return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
 
 
-def _warm_figures(arrivals: List[Tuple[float, int]], actors: int) -> Dict[str, Any]:
-    """When as many batches as actors had come back (every actor started, its
-    weights loaded, a batch done) and how many documents came after: the
-    throughput without start-up is ``docs_after_warm / (extract_seconds -
-    warm_after_seconds)``."""
-    if len(arrivals) <= actors:
-        return {"warm_after_seconds": None, "docs_after_warm": 0}
-    return {
-        "warm_after_seconds": round(arrivals[actors - 1][0], 2),
-        "docs_after_warm": sum(rows for _, rows in arrivals[actors:]),
-    }
-
-
 class ExtractPredictor:
     """Ray Data callable class: loads the pipeline once, annotates a batch of documents.
 
@@ -753,7 +740,6 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
             _check_resources(options)
             extract_start = time.perf_counter()
             seen: set = set()
-            arrivals: List[Tuple[float, int]] = []  # (seconds since start, documents) per batch
             with tqdm(
                 total=total,
                 desc="extract",
@@ -782,7 +768,6 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
                             pc.sum(pc.list_value_length(batch.column("entities"))).as_py() or 0
                         )
                     bar.update(len(ids))
-                    arrivals.append((time.perf_counter() - extract_start, len(ids)))
                     bar.set_postfix(
                         entities=counters["entities"], errors=counters["errors"], refresh=False
                     )
@@ -824,7 +809,6 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
                 "extract_seconds": round(processing, 2),
                 # Over the extraction phase: actor start-up included; Ray start-up and reading not.
                 "docs_per_second": round(processed / processing, 2) if processing else 0.0,
-                **_warm_figures(arrivals if extract_start is not None else [], options.actors),
                 "actors": options.actors,
                 "num_gpus": options.num_gpus,
                 "batch_size": options.batch_size,

@@ -254,8 +254,15 @@ class SharedDecoder:
         import torch
 
         held = self._workspace.get(name)
-        if held is None or held[0][0].shape[0] < rows or held[0][0].shape[2] < columns:
-            param = next(self.model.parameters())
+        param = next(self.model.parameters())
+        if held is not None:
+            slab = held[0][0]
+            fits = slab.shape[0] >= rows and slab.shape[2] >= columns and len(held[0]) == self.layers
+            same = (slab.shape[1], slab.shape[3], slab.dtype, slab.device) == (
+                self.heads, self.head_dim, param.dtype, param.device
+            )
+            held = held if fits and same else None
+        if held is None:
             shape = (rows, self.heads, columns, self.head_dim)
             held = (
                 [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(self.layers)],

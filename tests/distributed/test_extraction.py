@@ -353,13 +353,3 @@ def test_cli_with_the_tiny_model(ray_cluster, tiny_model_dir, tmp_path):
     # a folder holding other results is refused, naming what differs
     other = CliRunner().invoke(app, [*args[:5], "person", *args[6:]])
     assert other.exit_code == 2 and "holds results made with other settings" in other.output
-
-
-def test_warm_figures_leave_out_the_start_up():
-    from spacy_uniner.extraction import _warm_figures
-
-    arrivals = [(12.0, 16), (12.5, 16), (15.0, 16), (15.4, 16), (18.1, 8)]
-    # 2 actors: warm once two batches are back; 40 documents came after
-    assert _warm_figures(arrivals, 2) == {"warm_after_seconds": 12.5, "docs_after_warm": 40}
-    assert _warm_figures(arrivals[:2], 2) == {"warm_after_seconds": None, "docs_after_warm": 0}
-    assert _warm_figures([], 1) == {"warm_after_seconds": None, "docs_after_warm": 0}
