@@ -46,7 +46,7 @@ def main(
 
     from spacy_uniner import prompts as P
     from spacy_uniner.benchmarks import load_uniner_json
-    from spacy_uniner.models.decoding import common_prefix_len
+    from spacy_uniner.models.decoding import packed_tokens
     from spacy_uniner.models.hf import HFStudent
 
     torch.set_num_threads(threads)
@@ -59,9 +59,7 @@ def main(
     full_tokens = sum(len(x) for x in ids)
     # Shared: each passage's common token prefix once, plus every query's own tail.
     k = len(bench.labels)
-    shared_tokens = full_tokens - sum(
-        common_prefix_len(ids[i : i + k]) * (k - 1) for i in range(0, len(ids), k)
-    )
+    shared_tokens = sum(packed_tokens(ids[i : i + k]) for i in range(0, len(ids), k))
 
     ways = {
         # the reference: every query prefilled in full, model.generate in batches

@@ -64,7 +64,7 @@ def main(
     import torch
 
     from spacy_uniner import prompts as P
-    from spacy_uniner.models.decoding import common_prefix_len
+    from spacy_uniner.models.decoding import packed_tokens
 
     torch.set_num_threads(threads)
     names = [d.strip() for d in dtypes.split(",") if d.strip()]
@@ -111,7 +111,7 @@ def main(
     prompt_tokens = 0
     for text in texts:
         ids = [tok(P.render_query(text, label))["input_ids"] for label in LABELS]
-        prompt_tokens += sum(len(x) for x in ids) - common_prefix_len(ids) * (len(ids) - 1)
+        prompt_tokens += packed_tokens(ids)
     prompt_tokens /= len(texts)
     params = sum(p.numel() for p in pipe.model.load()._model.parameters())
     gflops = matmul_gflops(threads)

@@ -217,8 +217,7 @@ class SharedDecoder:
         work = []
         for members in groups:
             seqs = [prompts[i] for i in members]
-            # Every prompt keeps at least one token of its own.
-            shared = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
+            shared = shared_prefix_len(seqs)
             work.append(_Group(list(seqs[0][:shared]), list(members), [list(s[shared:]) for s in seqs]))
         # Similar lengths are admitted together: little padding.
         work.sort(key=lambda g: (len(g.prefix), sum(map(len, g.tails))))
@@ -246,14 +245,14 @@ class SharedDecoder:
 
     # -- the loop --------------------------------------------------------------
 
-    def _slabs(self, name: str, rows: int, columns: int) -> Tuple[List[Any], List[Any]]:
+    def _slabs(self, rows: int, columns: int) -> Tuple[List[Any], List[Any]]:
         """Per-layer key and value slabs of at least ``rows x columns``, kept
         between calls (fresh memory costs page faults on every touch). Their
         contents are finite (zeros, or earlier keys/values) and only ever read
         where the mask allows."""
         import torch
 
-        held = self._workspace.get(name)
+        held = self._workspace.get("main")
         param = next(self.model.parameters())
         if held is not None:
             slab = held[0][0]
@@ -268,7 +267,7 @@ class SharedDecoder:
                 [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(self.layers)],
                 [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(self.layers)],
             )
-            self._workspace[name] = held
+            self._workspace["main"] = held
         return (
             [k[:rows, :, :columns] for k in held[0]],
             [v[:rows, :, :columns] for v in held[1]],
@@ -277,7 +276,7 @@ class SharedDecoder:
     def _allocate(self, rows: int, columns: int) -> None:
         import torch
 
-        self._keys, self._values = self._slabs("main", rows, columns)
+        self._keys, self._values = self._slabs(rows, columns)
         self._mask = torch.zeros((rows, columns), dtype=torch.bool, device=self._keys[0].device)
 
     def _run(self) -> None:
@@ -314,7 +313,9 @@ class SharedDecoder:
         n = len(self._rows)
         self._mask[:n, col] = True
         device = self._mask.device
-        positions = torch.tensor([[r.position + 1] for r in self._rows], device=device)
+        for row in self._rows:
+            row.position += 1
+        positions = torch.tensor([[r.position] for r in self._rows], device=device)
         logits = self._forward(
             self._next[:n, None],
             self._mask[:n, None, None, : col + 1],
@@ -323,9 +324,7 @@ class SharedDecoder:
             torch.ones((n, 1), dtype=torch.bool, device=device),
         )
         self._column = col + 1
-        for row in self._rows:
-            row.position += 1
-        self._take(0, logits, first=False)
+        self._take(logits)
 
     def _choose(self, rows: Sequence[_Row], logits: Any, first: bool) -> List[bool]:
         """Append each row's greedy next token (one logits row each); whether
@@ -350,15 +349,14 @@ class SharedDecoder:
                 going.append(True)
         return going
 
-    def _take(self, start: int, logits: Any, first: bool) -> None:
-        """Next tokens of the slab rows from ``start``; finished rows leave it."""
-        going = self._choose(self._rows[start:], logits, first)
+    def _take(self, logits: Any) -> None:
+        """Next tokens of the slab rows; finished rows leave it."""
         done = []
-        for n, on in enumerate(going):
+        for slot, on in enumerate(self._choose(self._rows, logits, first=False)):
             if on:
-                self._next[start + n] = self._rows[start + n].ids[-1]
+                self._next[slot] = self._rows[slot].ids[-1]
             else:
-                done.append(start + n)
+                done.append(slot)
         if done:
             self._release(done)
 
@@ -501,6 +499,19 @@ class SharedDecoder:
             row.start = col - len(cols)
             row.source = None  # the admission cache is freed with its last row
             self._rows.append(row)
+
+
+def shared_prefix_len(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens a group's prompts share in the decoder: their common prefix, less
+    what every prompt needs to keep at least one token of its own."""
+    return min(common_prefix_len(ids), min(len(x) for x in ids) - 1)
+
+
+def packed_tokens(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens the decoder prefills for one group: the shared prefix once, plus
+    every prompt's own tail."""
+    shared = shared_prefix_len(ids)
+    return shared + sum(len(x) - shared for x in ids)
 
 
 def common_prefix_len(ids: Sequence[Sequence[int]]) -> int:
