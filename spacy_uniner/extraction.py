@@ -158,6 +158,9 @@ def _error_message(err: BaseException) -> str:
     return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
 
 
+WARM_UP_TEXT = "Ada Lovelace wrote the first program in London in 1843."
+
+
 class ExtractPredictor:
     """Ray Data callable class: loads the pipeline once, annotates a batch of documents.
 
@@ -176,11 +179,14 @@ class ExtractPredictor:
         self.name, component = find_component(self.nlp, spec.pipeline or spec.model)
         self.spans_key = component.spans_key
         self.labels = list(spec.labels)
-        # Load the weights now: a model that cannot load stops the run when the actors
-        # start, instead of marking every document as an error.
+        # Load the weights and answer one short text now: a model that cannot load or
+        # run (a GPU out of memory at its first forward pass) stops the run when the
+        # actors start, instead of marking every document as an error; the first
+        # batch then runs at full speed.
         load = getattr(component.model, "load", None)
         if callable(load):
             load()
+        list(self.nlp.pipe([WARM_UP_TEXT], component_cfg={self.name: {"labels": self.labels}}))
         self._failed: Dict[int, BaseException] = {}
         self.nlp.set_error_handler(self._record_failure)
 
@@ -456,6 +462,23 @@ def read_documents(
         yield pending.take(list(range(pending.num_rows)))
 
 
+def halves(blocks: Sequence[Any]) -> List[Any]:
+    """RETURNS each block of two rows or more cut in two (copies), in order.
+
+    Used for the last blocks of a run, one per actor: whichever actor is free takes the
+    next block, so smaller last blocks leave less time with one actor working alone.
+    """
+    out = []
+    for block in blocks:
+        if block.num_rows < 2:
+            out.append(block)
+            continue
+        half = (block.num_rows + 1) // 2
+        out.append(block.take(list(range(half))))
+        out.append(block.take(list(range(half, block.num_rows))))
+    return out
+
+
 # ---------------------------------------------------------------- results on disk
 
 
@@ -672,10 +695,16 @@ def _predictions(
         predicted = todo.map_batches(
             predictor,
             fn_constructor_kwargs={"spec": spec, "batch_size": options.batch_size},
-            compute=ray.data.ActorPoolStrategy(size=options.actors),
+            # A CPU actor takes one batch at a time, so the last batches go to whichever
+            # actor is free (a batch queued behind a slow one leaves the other idle at the
+            # end); a GPU actor keeps one queued so that it never waits for input.
+            compute=ray.data.ActorPoolStrategy(
+                size=options.actors,
+                max_tasks_in_flight_per_actor=2 if options.num_gpus else 1,
+            ),
             num_gpus=options.num_gpus or None,
             num_cpus=options.cpus_per_actor,
-            batch_size=options.batch_size,
+            batch_size=None,  # a whole block per call: the driver has sized them
             batch_format="pyarrow",
             max_task_retries=options.actor_retries,
         )
@@ -747,10 +776,13 @@ def extract(
         # The whole input is read before the actors take the CPUs (on a small machine
         # the readers would otherwise wait behind the pool for ever); the blocks wait
         # in Ray's object store, not here.
-        refs, total = [], 0
+        refs, total, last = [], 0, []
         for block in blocks:
-            refs.append(ray.put(block))
+            last.append(block)
             total += block.num_rows
+            if len(last) > options.actors:
+                refs.append(ray.put(last.pop(0)))
+        refs.extend(ray.put(block) for block in halves(last))
         context.execution_options.preserve_order = preserve_order
         echo(
             f"{options.input}: {total} documents to extract, {previous.num_rows} already in "

@@ -162,6 +162,10 @@ def save_result(cfg: FinetuneConfig, trainer: Any, tokenizer: Any, info: Dict[st
         target = output / "adapter"
         if cfg.adapter_dtype == "bfloat16":
             model = model.to(torch.bfloat16)
+        # Name the base as the user gave it, not the local folder it was loaded from
+        # (a path on this machine means nothing where the adapter is shipped).
+        for adapter_config in model.peft_config.values():
+            adapter_config.base_model_name_or_path = cfg.base_model
         model.save_pretrained(target)
     else:
         target = output / "model"

@@ -16,6 +16,7 @@ from spacy_uniner.extraction import (
     _check_manifest,
     _normalize,
     extract,
+    halves,
     read_documents,
     read_input,
 )
@@ -133,8 +134,9 @@ def test_exactly_once_through_failures_a_killed_actor_and_reruns(
     status = assert_consistent(out)
     assert set(status) == {str(i) for i in range(150)}
     assert status["40"]["status"] == "ok"
-    # one part per batch of 16: a killed run loses at most the batches in flight
-    assert len(list((out / "parts").glob("part-*.parquet"))) == 10
+    # one part per batch: 16 documents each, the last one per actor (16 and 6) in halves;
+    # a killed run loses at most the batches in flight
+    assert len(list((out / "parts").glob("part-*.parquet"))) == 12
     assert {k for k, v in status.items() if v["status"] == "error"} == {"7", "77"}
 
     # 2. re-armed, and no retry for a batch whose actor dies: document 250 ends the
@@ -211,7 +213,7 @@ def test_actors_run_the_predictor_class_given(ray_cluster, scripted_pipeline_dir
     summary = extract(options, predictor=Counting)
     assert summary["run"]["ok"] == 20
     calls = [json.loads(line)["rows"] for line in stamps.read_text().splitlines()]
-    assert sorted(calls) == [4, 8, 8]
+    assert sorted(calls) == [2, 2, 8, 8]  # 8, 8, 4: the last block (one per actor) in halves
     with pytest.raises(TypeError, match="predictor must be ExtractPredictor or a subclass"):
         extract(options, predictor=dict)
 
@@ -283,6 +285,15 @@ def test_blocks_are_exactly_the_batch_size_but_the_last(sizes, done, limit, expe
     ids = [row["doc_id"] for block in blocks for row in block.to_pylist()]
     wanted = [f"d{i}" for i in range(sum(sizes)) if f"d{i}" not in done][:limit]
     assert ids == wanted  # in input order, each once
+
+
+def test_halves_cut_each_block_in_order():
+    blocks = [pa.table({"id": [f"{n}.{i}" for i in range(n)]}) for n in (16, 5, 1, 0)]
+    out = halves(blocks)
+    assert [b.num_rows for b in out] == [8, 8, 3, 2, 1, 0]
+    assert [r["id"] for b in out for r in b.to_pylist()] == [
+        r["id"] for b in blocks for r in b.to_pylist()
+    ]
 
 
 def test_records_get_ids_and_bad_rows_are_named():

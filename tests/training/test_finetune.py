@@ -28,7 +28,8 @@ def test_lora_run_saves_adapter_config_and_metrics(data_dir, tmp_path, tiny_mode
     out = tmp_path / "run"
     metrics = finetune(config(data_dir, out, tiny_model_dir))
     assert metrics["steps"] == 2 and metrics["train_loss"] > 0
-    assert (out / "adapter" / "adapter_config.json").exists()
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir)  # as given
     record = json.loads((out / "uniner_training.json").read_text())
     assert record["config"]["max_steps"] == 2 and record["data_stats"] == {"conversations": 24}
     assert json.loads((out / "metrics.json").read_text()) == metrics
