@@ -7,9 +7,10 @@ median of the rounds is reported.
 
 The in-process time is ``nlp.pipe`` on a pipeline already loaded and warmed up.
 Ray is timed two ways, both through ``ray_jobs.extract``'s own code path:
-- ``ray_loaded_s``, like for like: from the moment the first actor has its model
-  loaded until the last batch is done (each actor's first, cold batch included);
-  the actors stamp these moments themselves (``StampedPredictor``);
+- ``ray_loaded_s``, like for like: from the moment the first actor is ready (its
+  model loaded and one short text answered, as ExtractPredictor does at start-up;
+  the in-process pipeline has its warm-up too) until the last batch is done; the
+  actors stamp these moments themselves (``StampedPredictor``);
 - ``ray_s``, end to end: the whole extraction phase, actor start-up (a fresh
   process importing spaCy, torch and transformers, then loading the model)
   included; Ray's own start-up and reading the input are not.
