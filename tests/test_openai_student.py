@@ -98,6 +98,24 @@ def test_order_is_kept_under_concurrency(student_server):
     assert stats["max_in_flight"] == 4  # concurrent, and never more than the bound
 
 
+def test_pipe_keeps_the_next_batch_in_flight(student_server):
+    server = student_server(delay_ms=100)
+    nlp = make_nlp(server, batch_size=1, concurrency=8)
+    texts = [TEXT.replace("London", city) for city in ("Paris", "Rome", "Oslo", "Bern")]
+    docs = list(nlp.pipe(texts, batch_size=1))
+    # documents in order, each with its own answers
+    assert [d.text for d in docs] == texts
+    for doc in docs:
+        assert [s.text for s in doc.spans["universal_ner"]] == ["Ada Lovelace", "Charles Babbage"]
+    # 2 requests per batch of one document; the next batch's went out while one was read
+    assert server.stats()["requests"] == 8
+    assert server.stats()["max_in_flight"] == 4
+    student = nlp.get_pipe("universal_ner").model
+    student.close()
+    assert [g.text for g in student.generate([query("city")])] == [REPLIES["city"]]
+    student.close()
+
+
 def test_falls_back_to_one_prompt_per_request(student_server, caplog):
     server = student_server(accept_lists=False)
     student = OpenAIStudent("uniner-test", server.base_url, batch_size=3, concurrency=1)

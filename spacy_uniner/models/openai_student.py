@@ -8,7 +8,10 @@ component's own UniNER prompts, sent as plain completions: greedy
 otherwise run on), and ``logprobs`` so spans get confidences.
 
 Queries are sent ``batch_size`` prompts per request (vLLM takes a list of
-prompts) with up to ``concurrency`` requests in flight. A server that rejects
+prompts) with up to ``concurrency`` requests in flight, on one pool of threads
+per student. :meth:`OpenAIStudent.submit` sends a call's requests and returns at
+once, so ``nlp.pipe`` has the next batch's requests in flight while it reads the
+replies of one (``lookahead``) and the server never waits between batches. A server that rejects
 a list (HTTP 400/422) or does not answer every prompt of it is asked one
 prompt per request from then on. Retries are the ``openai`` client's own, as
 for the teacher (:mod:`spacy_uniner.teacher.client`): exponential backoff with
@@ -25,7 +28,7 @@ import json
 import logging
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
@@ -61,8 +64,38 @@ def _short(text: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+class PendingReplies:
+    """The replies of one :meth:`OpenAIStudent.submit` call, one future per request."""
+
+    def __init__(self, futures: List["Future[List[Generation]]"]) -> None:
+        self._futures = futures
+
+    def result(self) -> List[Generation]:
+        """Block until every request is answered; RETURNS the replies in prompt order.
+
+        RAISES (StudentServerError): a request failed after every attempt; the call's
+            requests not sent yet are dropped.
+        """
+        replies: List[Generation] = []
+        try:
+            for future in self._futures:
+                replies.extend(future.result())
+        except BaseException:
+            self.cancel()
+            raise
+        return replies
+
+    def cancel(self) -> None:
+        """Drop the requests not sent yet; those already sent are left to finish."""
+        for future in self._futures:
+            future.cancel()
+
+
 class OpenAIStudent:
     """Ask an OpenAI-compatible completions server; replies in prompt order."""
+
+    # nlp.pipe keeps this many batches submitted besides the one whose replies it reads
+    lookahead = 1
 
     def __init__(
         self,
@@ -119,6 +152,7 @@ class OpenAIStudent:
         self._tokenizer: Any = None
         self._tokenizer_loaded = False
         self._lock = threading.Lock()
+        self._pool: Optional[ThreadPoolExecutor] = None
         # None: not known yet; False: the server wants one prompt per request.
         self._takes_lists: Optional[bool] = None
 
@@ -215,25 +249,34 @@ class OpenAIStudent:
 
     # Generation -----------------------------------------------------------------
 
+    def submit(self, prompts: Sequence[str]) -> PendingReplies:
+        """Send ``prompts``, ``batch_size`` per request, on the student's pool of
+        ``concurrency`` threads; RETURNS at once a handle whose ``result()`` gives
+        the replies in order."""
+        prompts = list(prompts)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix="uniner-student"
+                )
+            pool = self._pool
+        chunks = [prompts[i : i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
+        return PendingReplies([pool.submit(self._complete_chunk, chunk) for chunk in chunks])
+
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
         """One reply per prompt, in order; requests run concurrently.
 
         RAISES (StudentServerError): a request failed after every attempt.
         """
-        prompts = list(prompts)
-        chunks = [prompts[i : i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
-        if len(chunks) <= 1 or self.concurrency == 1:
-            return [gen for chunk in chunks for gen in self._complete_chunk(chunk)]
-        pool = ThreadPoolExecutor(
-            max_workers=min(self.concurrency, len(chunks)), thread_name_prefix="uniner-student"
-        )
-        try:
-            replies = list(pool.map(self._complete_chunk, chunks))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # no new requests after a failure
-            raise
-        pool.shutdown(wait=True)
-        return [gen for chunk in replies for gen in chunk]
+        return self.submit(prompts).result() if prompts else []
+
+    def close(self) -> None:
+        """Stop the request threads (once their requests are done); a later call starts
+        new ones."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _complete_chunk(self, prompts: List[str]) -> List[Generation]:
         if len(prompts) == 1 or self._takes_lists is False:
