@@ -42,11 +42,6 @@ def main(
         0.0, help="GPUs per actor; > 0 runs --model on the actor's GPU."
     ),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor."),
-    pin_cpus: bool = typer.Option(
-        True,
-        help="Keep each CPU actor on cores of its own (whole --cpus-per-actor; cores are "
-        "claimed per machine, an actor that finds too few free runs unpinned).",
-    ),
     batch_size: int = typer.Option(16, help="Documents per actor call."),
     student_batch_size: int = typer.Option(16, help="Queries --model decodes together."),
     max_new_tokens: int = typer.Option(96, help="Longest reply per query of --model."),
@@ -80,7 +75,6 @@ def main(
         actors=actors,
         num_gpus=num_gpus,
         cpus_per_actor=cpus_per_actor,
-        pin_cpus=pin_cpus,
         batch_size=batch_size,
         student_batch_size=student_batch_size,
         max_new_tokens=max_new_tokens,

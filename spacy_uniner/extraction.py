@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -160,61 +159,6 @@ def _error_message(err: BaseException) -> str:
 
 
 WARM_UP_TEXT = "Ada Lovelace wrote the first program in London in 1843."
-CPU_LOCKS = "spacy-uniner-cpus"  # folder of per-core lock files in the temp dir
-
-
-class CpuClaim:
-    """Cores of this machine held by one process of ours, for its lifetime.
-
-    An actor that keeps to its own cores is not moved between cores by the
-    scheduler whenever the driver or Ray's own processes wake up (on 2 cores:
-    two students side by side run ~5% faster pinned). Each core is an exclusive
-    ``flock`` on a file in the temp dir, so actors on one machine never pick the
-    same core, and the kernel lets go of the lock when the process ends, however
-    it ends.
-    """
-
-    def __init__(self, cpus: List[int], files: List[Any]) -> None:
-        self.cpus = cpus
-        self._files = files
-
-    @classmethod
-    def take(cls, count: int, lock_dir: Optional[Path] = None) -> Optional["CpuClaim"]:
-        """RETURNS a claim on ``count`` cores of this process's affinity that no other
-        claim holds, or None (nothing held) when fewer are free or cannot be locked."""
-        try:
-            import fcntl
-        except ImportError:  # not a POSIX system: no pinning
-            return None
-        if count < 1 or not hasattr(os, "sched_setaffinity"):
-            return None
-        folder = Path(lock_dir or tempfile.gettempdir()) / CPU_LOCKS
-        folder.mkdir(parents=True, exist_ok=True)
-        cpus, files = [], []
-        for cpu in sorted(os.sched_getaffinity(0)):
-            handle = open(folder / f"cpu-{cpu}.lock", "a")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                continue
-            cpus.append(cpu)
-            files.append(handle)
-            if len(cpus) == count:
-                return cls(cpus, files)
-        for handle in files:
-            handle.close()
-        return None
-
-    def pin(self) -> None:
-        """Keep the calling thread (and the threads it starts) on the claimed cores."""
-        if self._files:
-            os.sched_setaffinity(0, self.cpus)
-
-    def release(self) -> None:
-        for handle in self._files:
-            handle.close()
-        self._files = []
 
 
 class ExtractPredictor:
@@ -228,16 +172,9 @@ class ExtractPredictor:
     failing ones are marked.
     """
 
-    def __init__(self, spec: PipelineSpec, batch_size: int = 16, pin_cpus: int = 0) -> None:
+    def __init__(self, spec: PipelineSpec, batch_size: int = 16) -> None:
         self.spec = spec
         self.batch_size = batch_size
-        # pin_cpus: cores to keep to (0: none); left unpinned if that many are not free
-        self.cpu_claim = CpuClaim.take(pin_cpus) if pin_cpus else None
-        if self.cpu_claim is not None:
-            self.cpu_claim.pin()
-            logger.info("Actor %d keeps to cores %s", os.getpid(), self.cpu_claim.cpus)
-        elif pin_cpus:
-            logger.info("Actor %d: %d free cores not found, not pinned", os.getpid(), pin_cpus)
         self.nlp = spec.load()
         self.name, component = find_component(self.nlp, spec.pipeline or spec.model)
         self.spans_key = component.spans_key
@@ -294,8 +231,6 @@ class ExtractPredictor:
     def __call__(self, batch: Union[Mapping[str, Sequence[Any]], Any]) -> Any:
         import pyarrow as pa
 
-        if self.cpu_claim is not None:  # Ray may call from a thread other than __init__'s
-            self.cpu_claim.pin()
         columns = batch.to_pydict() if isinstance(batch, pa.Table) else batch
         ids = [str(i) for i in columns["doc_id"]]
         texts = list(columns["text"])
@@ -650,7 +585,6 @@ class ExtractOptions:
     actors: int = 2
     num_gpus: float = 0.0
     cpus_per_actor: float = 1.0
-    pin_cpus: bool = True  # CPU actors keep to cores of their own (when there are enough)
     batch_size: int = 16
     student_batch_size: int = 16
     max_new_tokens: int = 96
@@ -749,14 +683,6 @@ def _check_resources(options: ExtractOptions) -> None:
             )
 
 
-def _cores_to_pin(options: ExtractOptions) -> int:
-    """RETURNS the cores each actor keeps to: its whole CPUs when on CPU, else 0."""
-    whole = float(options.cpus_per_actor).is_integer() and options.cpus_per_actor >= 1
-    if not options.pin_cpus or options.num_gpus or not whole:
-        return 0
-    return int(options.cpus_per_actor)
-
-
 def _predictions(
     todo: Any, options: ExtractOptions, spec: PipelineSpec, predictor: type
 ) -> Iterable[Any]:
@@ -768,11 +694,7 @@ def _predictions(
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         predicted = todo.map_batches(
             predictor,
-            fn_constructor_kwargs={
-                "spec": spec,
-                "batch_size": options.batch_size,
-                "pin_cpus": _cores_to_pin(options),
-            },
+            fn_constructor_kwargs={"spec": spec, "batch_size": options.batch_size},
             # A CPU actor takes one batch at a time, so the last batches go to whichever
             # actor is free (a batch queued behind a slow one leaves the other idle at the
             # end); a GPU actor keeps one queued so that it never waits for input.
@@ -942,7 +864,6 @@ def extract(
                 "docs_per_second": round(processed / processing, 2) if processing else 0.0,
                 "actors": options.actors,
                 "num_gpus": options.num_gpus,
-                "pinned_cores_per_actor": _cores_to_pin(options),
                 "batch_size": options.batch_size,
             },
         }

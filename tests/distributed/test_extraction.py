@@ -2,7 +2,6 @@
 injected failures, a killed actor, a failed run and reruns; the CLI."""
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from spacy_uniner.extraction import (
-    CpuClaim,
     ExtractOptions,
     ExtractPredictor,
     PipelineSpec,
@@ -188,24 +186,14 @@ def test_exactly_once_through_failures_a_killed_actor_and_reruns(
         extract(options(labels=["person"]))
 
 
-def test_actors_run_the_predictor_class_given_on_cores_of_their_own(
-    ray_cluster, scripted_pipeline_dir, tmp_path
-):
+def test_actors_run_the_predictor_class_given(ray_cluster, scripted_pipeline_dir, tmp_path):
     stamps = tmp_path / "stamps.jsonl"
 
     class Counting(ExtractPredictor):  # local: Ray ships it to the actors by value
-        def _stamp(self, **fields):
-            with open(stamps, "a", encoding="utf-8") as f:
-                cpus = sorted(os.sched_getaffinity(0))
-                f.write(json.dumps({"pid": os.getpid(), "cpus": cpus, **fields}) + "\n")
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._stamp(event="ready")
-
         def __call__(self, batch):
             out = super().__call__(batch)
-            self._stamp(event="batch", rows=out.num_rows)
+            with open(stamps, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"rows": out.num_rows}) + "\n")
             return out
 
     corpus = tmp_path / "docs.jsonl"
@@ -218,45 +206,16 @@ def test_actors_run_the_predictor_class_given_on_cores_of_their_own(
         output=tmp_path / "out",
         labels=LABELS,
         pipeline=scripted_pipeline_dir,
-        actors=2,
+        actors=1,
         batch_size=8,
         progress=False,
     )
     summary = extract(options, predictor=Counting)
-    assert summary["run"]["ok"] == 20 and summary["run"]["pinned_cores_per_actor"] == 1
-    events = [json.loads(line) for line in stamps.read_text().splitlines()]
-    # read as 8, 8, 4; the last block per actor (8 and 4) in halves
-    assert sorted(e["rows"] for e in events if e["event"] == "batch") == [2, 2, 4, 4, 8]
-    ready = {e["pid"]: e["cpus"] for e in events if e["event"] == "ready"}
-    assert len(ready) == 2 and all(len(cpus) == 1 for cpus in ready.values())
-    assert ready[next(iter(ready))] != ready[list(ready)[1]]  # never the same core
-    for e in events:  # and every batch ran on its actor's core
-        assert e["cpus"] == ready[e["pid"]]
+    assert summary["run"]["ok"] == 20
+    calls = [json.loads(line)["rows"] for line in stamps.read_text().splitlines()]
+    assert sorted(calls) == [2, 2, 8, 8]  # 8, 8, 4: the last block (one per actor) in halves
     with pytest.raises(TypeError, match="predictor must be ExtractPredictor or a subclass"):
         extract(options, predictor=dict)
-
-
-def test_a_cpu_claim_is_exclusive_until_released(tmp_path):
-    before = os.sched_getaffinity(0)
-    claims = []
-    try:
-        for _ in range(len(before)):
-            claim = CpuClaim.take(1, lock_dir=tmp_path)
-            assert claim is not None and len(claim.cpus) == 1
-            claims.append(claim)
-        assert sorted(c.cpus[0] for c in claims) == sorted(before)  # each core once
-        assert CpuClaim.take(1, lock_dir=tmp_path) is None  # none left: not pinned
-        assert CpuClaim.take(2, lock_dir=tmp_path) is None
-        claims[0].release()
-        again = CpuClaim.take(1, lock_dir=tmp_path)
-        assert again is not None and again.cpus == claims[0].cpus
-        again.pin()
-        assert os.sched_getaffinity(0) == set(again.cpus)
-        claims[0] = again
-    finally:
-        for claim in claims:
-            claim.release()
-        os.sched_setaffinity(0, before)
 
 
 def test_txt_folder_through_ray_data(ray_cluster, tmp_path):
