@@ -4,9 +4,11 @@ Documents are read through Ray Data (JSONL, parquet, or a folder of ``.txt``
 files, one document per file) and given a stable id; those not done yet wait
 in Ray's object store and go in batches to a pool of actors
 (:class:`ExtractPredictor`, ``compute=ActorPoolStrategy``, ``num_gpus`` per
-actor); each actor loads the pipeline once and returns plain columns for its
-batch. An actor that dies is replaced and its batch run again (at most
-``actor_retries`` times, then the run stops; what was written stays).
+actor); each actor loads the pipeline once (and answers one short text) and
+returns plain columns for its batch. Batches are ``batch_size`` documents, the
+last one per actor cut in two so that the actors finish together. An actor that
+dies is replaced and its batch run again (at most ``actor_retries`` times, then
+the run stops; what was written stays).
 
 Exactly once: every batch comes back as one table that holds, per document,
 its status (``ok`` or ``error`` with the message) *and* its entities, and the
