@@ -11,9 +11,9 @@ Queries are sent ``batch_size`` prompts per request (vLLM takes a list of
 prompts) with up to ``concurrency`` requests in flight, on one pool of threads
 per student. :meth:`OpenAIStudent.submit` sends a call's requests and returns at
 once, so ``nlp.pipe`` has the next batch's requests in flight while it reads the
-replies of one (``lookahead``) and the server never waits between batches. A server that rejects
-a list (HTTP 400/422) or does not answer every prompt of it is asked one
-prompt per request from then on. Retries are the ``openai`` client's own, as
+replies of one (``lookahead``) and the server never waits between batches. A
+server that rejects a list (HTTP 400/422) or does not answer every prompt of it
+is asked one prompt per request from then on. Retries are the ``openai`` client's own, as
 for the teacher (:mod:`spacy_uniner.teacher.client`): exponential backoff with
 jitter, ``Retry-After`` honoured, on 408/409/429/5xx, timeouts and connection
 errors. When the attempts are spent, :class:`StudentServerError` names the
