@@ -40,8 +40,9 @@ LABELS = ["person", "organization", "location", "country"]
 
 
 class StampedPredictor(ExtractPredictor):
-    """ExtractPredictor that appends when its model is loaded and when each batch is
-    done (wall-clock time) to the file ``stamps``, one JSON line each."""
+    """ExtractPredictor that appends when it is ready (model loaded, warm-up text
+    answered) and when each batch is done (wall-clock time) to the file ``stamps``,
+    one JSON line each."""
 
     stamps = ""
 
@@ -60,7 +61,7 @@ class StampedPredictor(ExtractPredictor):
 
 
 def loaded_seconds(stamps: Path, documents: int) -> float:
-    """RETURNS seconds from the first actor with its model loaded to the last batch."""
+    """RETURNS seconds from the first actor ready to the last batch done."""
     events = [json.loads(line) for line in stamps.read_text(encoding="utf-8").splitlines()]
     loaded = [e["time"] for e in events if e["event"] == "loaded"]
     done = [e for e in events if e["event"] == "batch"]
