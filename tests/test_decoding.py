@@ -34,9 +34,13 @@ def _reference(model, ids, eos, max_new):
     """Greedy tokens of one prompt alone, cut where the decoder's rules end it."""
     with torch.inference_mode():
         out = model.generate(
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            do_sample=False, max_new_tokens=max_new, eos_token_id=None, pad_token_id=0,
-        )[0, len(ids):].tolist()
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=max_new,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(ids) :].tolist()
     reply = []
     for tid in out:
         if tid == eos:
@@ -70,8 +74,12 @@ def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, monkeypatch):
         SharedDecoder, "_compact", lambda self: compactions.append(self._column) or original(self)
     )
     decoder = SharedDecoder(
-        model, slots=slots, max_new_tokens=12, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, finished=lambda reply: len(reply) >= _length(reply),
+        model,
+        slots=slots,
+        max_new_tokens=12,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        finished=lambda reply: len(reply) >= _length(reply),
         spare_columns=2 if slots < 16 else None,
     )
     replies = decoder.generate(ids, list(_group_by_prefix(ps).values()))
@@ -86,7 +94,11 @@ def test_logprobs_match_the_model(tiny):
     model, tok = tiny
     ps, ids = _prompts(tok)
     decoder = SharedDecoder(
-        model, slots=4, max_new_tokens=3, eos_token_id=None, pad_token_id=tok.pad_token_id,
+        model,
+        slots=4,
+        max_new_tokens=3,
+        eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
         finished=lambda reply: False,
     )
     replies = decoder.generate(ids[:5], [list(range(5))])
@@ -103,8 +115,11 @@ def test_workspace_is_reused_and_groups_wider_than_the_batch(tiny):
     ps, ids = _prompts(tok)
     workspace = {}
     kwargs = dict(
-        max_new_tokens=4, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        finished=lambda reply: False, workspace=workspace,
+        max_new_tokens=4,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        finished=lambda reply: False,
+        workspace=workspace,
     )
     first = SharedDecoder(model, slots=2, **kwargs).generate(ids, [list(range(len(ids)))])
     slab = workspace["main"][0][0]

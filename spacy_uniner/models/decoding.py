@@ -70,7 +70,9 @@ def slab_cache(keys: Sequence[Any], values: Sequence[Any], length: int) -> Cache
 ATTENTION = "uniner_sdpa"
 
 
-def _gqa_sdpa_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+def _gqa_sdpa_forward(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+) -> Any:
     """transformers' SDPA attention, except that a masked multi-token query over
     grouped key/value heads uses SDPA's own grouped-query support instead of
     first copying every key/value head ``num_key_value_groups`` times (the
@@ -86,7 +88,12 @@ def _gqa_sdpa_forward(module: Any, query: Any, key: Any, value: Any, attention_m
         and kwargs.get("position_bias") is None
     ):
         out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, scale=kwargs.get("scaling"), enable_gqa=True
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            scale=kwargs.get("scaling"),
+            enable_gqa=True,
         )
         return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
@@ -180,7 +187,9 @@ class SharedDecoder:
         workspace: Optional[dict] = None,
     ) -> None:
         if slots < 1 or max_new_tokens < 1:
-            raise ValueError(f"slots and max_new_tokens must be positive, got {slots}, {max_new_tokens}")
+            raise ValueError(
+                f"slots and max_new_tokens must be positive, got {slots}, {max_new_tokens}"
+            )
         self.model = model
         self.slots = slots
         self.max_new_tokens = max_new_tokens
@@ -218,7 +227,9 @@ class SharedDecoder:
         for members in groups:
             seqs = [prompts[i] for i in members]
             shared = shared_prefix_len(seqs)
-            work.append(_Group(list(seqs[0][:shared]), list(members), [list(s[shared:]) for s in seqs]))
+            work.append(
+                _Group(list(seqs[0][:shared]), list(members), [list(s[shared:]) for s in seqs])
+            )
         # Similar lengths are admitted together: little padding.
         work.sort(key=lambda g: (len(g.prefix), sum(map(len, g.tails))))
         self._pending: Deque[_Group] = deque(work)
@@ -256,16 +267,27 @@ class SharedDecoder:
         param = next(self.model.parameters())
         if held is not None:
             slab = held[0][0]
-            fits = slab.shape[0] >= rows and slab.shape[2] >= columns and len(held[0]) == self.layers
+            fits = (
+                slab.shape[0] >= rows and slab.shape[2] >= columns and len(held[0]) == self.layers
+            )
             same = (slab.shape[1], slab.shape[3], slab.dtype, slab.device) == (
-                self.heads, self.head_dim, param.dtype, param.device
+                self.heads,
+                self.head_dim,
+                param.dtype,
+                param.device,
             )
             held = held if fits and same else None
         if held is None:
             shape = (rows, self.heads, columns, self.head_dim)
             held = (
-                [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(self.layers)],
-                [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(self.layers)],
+                [
+                    torch.zeros(shape, dtype=param.dtype, device=param.device)
+                    for _ in range(self.layers)
+                ],
+                [
+                    torch.zeros(shape, dtype=param.dtype, device=param.device)
+                    for _ in range(self.layers)
+                ],
             )
             self._workspace["main"] = held
         return (
@@ -491,7 +513,9 @@ class SharedDecoder:
             for layer, main_k, main_v in zip(cache.layers, self._keys, self._values):
                 for src, main in ((layer.keys, main_k), (layer.values, main_v)):
                     # (packed rows, heads, cols, dim) -> (prompts, heads, width, dim)
-                    main[target, :, col - width : col] = src.transpose(1, 2)[packed, gather].transpose(1, 2)
+                    main[target, :, col - width : col] = src.transpose(1, 2)[
+                        packed, gather
+                    ].transpose(1, 2)
         for k, row in enumerate(placing):
             cols = row.source[2]
             self._mask[first + k, col - len(cols) : col] = True
