@@ -456,16 +456,22 @@ def read_documents(
         else:
             pending = block if pending is None else pa.concat_tables([pending, block])
             while pending.num_rows >= block_rows:
-                yield pending.take(list(range(block_rows)))
+                yield _copy_rows(pending, 0, block_rows)
                 pending = pending.slice(block_rows)
         if left == 0:
             break
     if pending is not None and pending.num_rows:
-        yield pending.take(list(range(pending.num_rows)))
+        yield _copy_rows(pending, 0, pending.num_rows)
+
+
+def _copy_rows(block: Any, start: int, stop: int) -> Any:
+    """RETURNS rows [start, stop) of ``block`` as a table of their own: a slice would
+    be a view that takes its whole parent block along into Ray's object store."""
+    return block.take(list(range(start, stop)))
 
 
 def halves(blocks: Sequence[Any]) -> List[Any]:
-    """RETURNS each block of two rows or more cut in two (copies), in order.
+    """RETURNS each block of two rows or more cut in two, in order.
 
     Used for the last blocks of a run, one per actor: whichever actor is free takes the
     next block, so smaller last blocks leave less time with one actor working alone.
@@ -476,8 +482,8 @@ def halves(blocks: Sequence[Any]) -> List[Any]:
             out.append(block)
             continue
         half = (block.num_rows + 1) // 2
-        out.append(block.take(list(range(half))))
-        out.append(block.take(list(range(half, block.num_rows))))
+        out.append(_copy_rows(block, 0, half))
+        out.append(_copy_rows(block, half, block.num_rows))
     return out
 
 
