@@ -166,7 +166,6 @@ class HFStudent:
         (``batch_size`` rows at a time, refilled as answers finish); without
         it, prompts are batched by length through ``model.generate``.
         """
-        self.load()
         if self.prefix_sharing:
             return self._generate_shared(prompts)
         return self._generate_each_all(prompts)
