@@ -1,9 +1,14 @@
 """Ray Data with 2 actors x 1 thread vs one in-process ``nlp.pipe`` with 1 thread.
 
-The same documents (CoNLL-2003 test sentences joined 2 at a time, real news
-text) and the same labels both ways, the default student. Each round runs both,
-alternating which goes first, after one warm-up of the in-process pipeline; the
-median of the rounds is reported.
+The same documents and the same labels both ways, the default student. Two
+corpora (``--corpus``):
+- ``pile`` (default): the first N distinct Pile passages of Pile-NER (real web
+  text, ~1,140 characters each: the corpus UniNER's teacher labelled, and what
+  a Ray extraction job is for); writes bench/results/ray_scaling.json;
+- ``conll``: CoNLL-2003 test sentences joined 2 at a time (short news snippets,
+  ~240 characters each); writes bench/results/ray_scaling-conll.json.
+Each round runs both ways, alternating which goes first, after one warm-up of
+the in-process pipeline; the median of the rounds is reported.
 
 The in-process time is ``nlp.pipe`` on a pipeline already loaded and warmed up.
 Ray is timed two ways, both through ``ray_jobs.extract``'s own code path:
@@ -15,9 +20,8 @@ Ray is timed two ways, both through ``ray_jobs.extract``'s own code path:
   process importing spaCy, torch and transformers, then loading the model)
   included; Ray's own start-up and reading the input are not.
 ``speedup_x`` is the like-for-like ratio, ``end_to_end_speedup_x`` the other.
-Writes bench/results/ray_scaling.json.
 
-    python bench/ray_scaling.py [--docs 200] [--rounds 3]
+    python bench/ray_scaling.py [--corpus pile|conll] [--docs 200] [--rounds 3]
 """
 
 import json
@@ -33,9 +37,9 @@ import typer
 from spacy_uniner.extraction import ExtractPredictor
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = (
-    ROOT.parent / "shared" / "data" / "benchmarks" / "bio" / "crossner" / "conll2003" / "test.txt"
-)
+SHARED = ROOT.parent / "shared" / "data"
+CONLL = SHARED / "benchmarks" / "bio" / "crossner" / "conll2003" / "test.txt"
+PILE = SHARED / "pile-ner" / "pile_ner_type_subset.jsonl"
 LABELS = ["person", "organization", "location", "country"]
 
 
@@ -69,22 +73,42 @@ def loaded_seconds(stamps: Path, documents: int) -> float:
     return max(e["time"] for e in done) - min(loaded)
 
 
-def documents(n: int, per_doc: int = 2):
-    from spacy_uniner.benchmarks import load_bio
+def documents(n: int, corpus: str = "conll", per_doc: int = 2) -> list:
+    """RETURNS the first ``n`` documents of ``corpus``: "pile" (distinct Pile-NER
+    passages, whole) or "conll" (CoNLL-2003 test sentences joined ``per_doc`` at a time)."""
+    if corpus == "pile":
+        passages = {}  # the file repeats each passage once per type asked of it
+        with PILE.open(encoding="utf-8") as f:
+            for line in f:
+                passages.setdefault(json.loads(line)["input"], None)
+                if len(passages) == n:
+                    break
+        docs = list(passages)
+    elif corpus == "conll":
+        from spacy_uniner.benchmarks import load_bio
 
-    bench = load_bio(DATA, column_order="auto", name="conll2003")
-    texts = [p.text for p in bench.passages if len(p.text) > 40]
-    docs = [" ".join(texts[i : i + per_doc]) for i in range(0, per_doc * n, per_doc)]
-    return [d for d in docs if d][:n]
+        bench = load_bio(CONLL, column_order="auto", name="conll2003")
+        texts = [p.text for p in bench.passages if len(p.text) > 40]
+        docs = [" ".join(texts[i : i + per_doc]) for i in range(0, per_doc * n, per_doc)]
+        docs = [d for d in docs if d][:n]
+    else:
+        raise ValueError(f"corpus must be 'pile' or 'conll', not {corpus!r}")
+    if len(docs) < n:
+        raise ValueError(f"{corpus}: only {len(docs)} documents, {n} asked for")
+    return docs
 
 
 def main(
+    corpus: str = typer.Option("pile", help="Documents: 'pile' (Pile passages) or 'conll'."),
     docs: int = typer.Option(200, help="Documents per run."),
     rounds: int = typer.Option(3, help="Timed rounds (median reported)."),
     model: str = typer.Option("default", help="Student model."),
     actors: int = typer.Option(2, help="Ray actors (1 CPU, 1 thread each)."),
     max_new_tokens: int = typer.Option(64, help="Longest reply."),
-    output: Path = typer.Option(ROOT / "bench" / "results" / "ray_scaling.json"),
+    output: Path | None = typer.Option(
+        None,
+        help="Result file (default: bench/results/ray_scaling.json; ray_scaling-conll.json for conll).",
+    ),
 ) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -93,10 +117,13 @@ def main(
     from spacy_uniner.cli import build_pipeline
     from spacy_uniner.extraction import ExtractOptions, extract
 
-    texts = documents(docs)
+    texts = documents(docs, corpus)
+    if output is None:
+        name = "ray_scaling.json" if corpus == "pile" else f"ray_scaling-{corpus}.json"
+        output = ROOT / "bench" / "results" / name
     work = Path(tempfile.mkdtemp(prefix="uniner-ray-scaling-"))
-    corpus = work / "docs.jsonl"
-    corpus.write_text(
+    jsonl = work / "docs.jsonl"
+    jsonl.write_text(
         "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)),
         encoding="utf-8",
     )
@@ -114,7 +141,7 @@ def main(
         StampedPredictor.stamps = str(work / f"stamps-{r}.jsonl")
         summary = extract(
             ExtractOptions(
-                input=corpus,
+                input=jsonl,
                 output=work / f"ray-{r}",
                 labels=LABELS,
                 model=model,
@@ -155,7 +182,9 @@ def main(
     result = {
         "benchmark": "ray_scaling",
         "model": model,
+        "corpus": corpus,
         "documents": len(texts),
+        "chars_per_document": round(sum(map(len, texts)) / len(texts), 1),
         "labels": LABELS,
         "max_new_tokens": max_new_tokens,
         "actors": actors,
