@@ -2,6 +2,8 @@
 replies as in-process, in order, through a killed actor; student errors reach the
 error handler; clean shutdown."""
 
+import time
+
 import pytest
 import spacy
 
@@ -60,7 +62,14 @@ def test_same_spans_as_in_process_through_a_killed_actor(ray_cluster, exit_flag)
         assert student.stats["prompts"] == 2 * 40 and student.stats["calls"] == 10
 
         # ... and one killed from outside between calls is replaced too
-        ray.kill(student.actors[0])
+        killed = student.actors[0]
+        ray.kill(killed)
+        # ray.kill is asynchronous: a quick chunk could still be answered by the dying actor
+        deadline = time.monotonic() + 30
+        with pytest.raises(ray.exceptions.RayActorError):
+            while time.monotonic() < deadline:
+                ray.get(killed.ready.remote(), timeout=30)
+                time.sleep(0.05)
         again = [spans(doc) for doc in nlp.pipe(texts[:8], batch_size=4)]
         assert again == expected[:8] and student.stats["actors_replaced"] == 2
 
