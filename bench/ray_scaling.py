@@ -73,7 +73,7 @@ def loaded_seconds(stamps: Path, documents: int) -> float:
     return max(e["time"] for e in done) - min(loaded)
 
 
-def documents(n: int, corpus: str = "conll", per_doc: int = 2) -> list:
+def documents(n: int, corpus: str = "pile", per_doc: int = 2) -> list:
     """RETURNS the first ``n`` documents of ``corpus``: "pile" (distinct Pile-NER
     passages, whole) or "conll" (CoNLL-2003 test sentences joined ``per_doc`` at a time)."""
     if corpus == "pile":
