@@ -3,17 +3,21 @@ and the same figure as a fraction of this machine's roofline.
 
 Passages are real Pile passages (../shared/data/pile-ner) cut to exactly 256
 student tokens, run through the spaCy component (prefix-shared decoding).
-The roofline is measured in the same run: a 2-thread fp32 matmul's GFLOP/s
-divided by 2 x parameters x prompt tokens per passage, where the prompt tokens
+The roofline is measured in the same run: the best 2-thread fp32 matmul
+GFLOP/s this machine gives (torch.mm, i.e. MKL, and oneDNN with a prepacked
+weight, the kernel the student's linears use; both are recorded) divided by 2 x parameters x prompt tokens per passage, where the prompt tokens
 are those a passage's 10 queries need prefilled with sharing (the passage
 prefix once plus each query's own tail). Decoding is not in the roofline, so
 the fraction is conservative. Writes bench/results/student_speed.json.
 
-Every dtype in --dtypes is timed in the same run (alternating), and its
-replies are compared with the first one's (fp32 by default): lower precision is
-only worth it where the answers stay the same.
+Every variant in --variants is timed in the same run (alternating), and its
+replies are compared with the first one's: a dtype (float32, bfloat16), or a
+dtype with ``:noprepack`` for torch's default linear kernels instead of the
+oneDNN-prepacked ones. Lower precision or other kernels are only worth it where
+the answers stay the same.
 
-    python bench/student_speed.py [--passages 8] [--model default] [--dtypes float32,bfloat16]
+    python bench/student_speed.py [--passages 8] [--model default]
+        [--variants float32,bfloat16,float32:noprepack]
 """
 
 import json
@@ -31,19 +35,31 @@ LABELS = ["person", "organization", "location", "date", "product", "event",
           "country", "programming language", "law", "disease"]
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of an n x n matmul on ``threads`` threads."""
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> Dict[str, float]:
+    """Best fp32 GFLOP/s of an n x n matmul on ``threads`` threads, per kernel:
+    torch.mm (MKL) and, where torch has it, oneDNN over a prepacked weight."""
     import torch
+
+    from spacy_uniner.models.kernels import onednn_available
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    kernels = {"torch.mm": lambda: torch.mm(a, b)}
+    if onednn_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
+        kernels["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(
+            a, packed, None, "none", [], ""
+        )
+    out = {}
+    for name, fn in kernels.items():
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        out[name] = 2 * n**3 / best / 1e9
+    return out
 
 
 def main(
@@ -53,10 +69,11 @@ def main(
     threads: int = typer.Option(2, help="torch threads."),
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together."),
-    dtypes: str = typer.Option(
-        "float32,bfloat16",
-        help="Student weights to time, comma-separated; the first is the headline figure and "
-        "the reference the others' answers are compared with.",
+    variants: str = typer.Option(
+        "float32,bfloat16,float32:noprepack",
+        help="Students to time, comma-separated: a dtype, optionally with ':noprepack' (torch's "
+        "default linear kernels); the first is the headline figure and the reference the "
+        "others' answers are compared with.",
     ),
     output: Path = typer.Option(ROOT / "bench" / "results" / "student_speed.json"),
 ) -> None:
@@ -67,9 +84,12 @@ def main(
     from spacy_uniner.models.decoding import packed_tokens
 
     torch.set_num_threads(threads)
-    names = [d.strip() for d in dtypes.split(",") if d.strip()]
+    names = [d.strip() for d in variants.split(",") if d.strip()]
     pipes = {}
-    for dtype in names:
+    for name in names:
+        dtype, _, option = name.partition(":")
+        if option not in ("", "noprepack"):
+            raise typer.BadParameter(f"{name}: unknown option {option!r}", param_hint="--variants")
         nlp = spacy.blank("en")
         pipe = nlp.add_pipe(
             "universal_ner",
@@ -77,12 +97,13 @@ def main(
                 "labels": LABELS,
                 "model": {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model,
                           "threads": threads, "max_new_tokens": max_new_tokens,
-                          "batch_size": batch_size, "dtype": dtype},
+                          "batch_size": batch_size, "dtype": dtype,
+                          "prepack": False if option else None},
                 "store_replies": True,
             },
         )
         pipe.initialize()
-        pipes[dtype] = (nlp, pipe)
+        pipes[name] = (nlp, pipe)
     pipe = pipes[names[0]][1]
     texts = []
     seen = set()
@@ -98,8 +119,8 @@ def main(
             break
     assert all(len(pipe.model.token_offsets(t)) <= 256 for t in texts)
 
-    def run(dtype: str) -> Tuple[float, List[str]]:
-        nlp = pipes[dtype][0]
+    def run(variant: str) -> Tuple[float, List[str]]:
+        nlp = pipes[variant][0]
         start = time.perf_counter()
         docs = list(nlp.pipe(texts, batch_size=len(texts)))
         elapsed = time.perf_counter() - start
@@ -113,38 +134,41 @@ def main(
         ids = [tok(P.render_query(text, label))["input_ids"] for label in LABELS]
         prompt_tokens += packed_tokens(ids)
     prompt_tokens /= len(texts)
-    params = sum(p.numel() for p in pipe.model.load()._model.parameters())
-    gflops = matmul_gflops(threads)
+    params = pipe.model.load().num_parameters
+    kernels = matmul_gflops(threads)
 
-    for dtype in names:
-        run(dtype)  # warm-up
+    for variant in names:
+        run(variant)  # warm-up
     before = {d: dict(pipes[d][1].stats) for d in names}
     times: Dict[str, List[float]] = {d: [] for d in names}
     replies: Dict[str, List[str]] = {}
     for r in range(runs):
-        for dtype in names if r % 2 == 0 else names[::-1]:
-            elapsed, replies[dtype] = run(dtype)
-            times[dtype].append(elapsed)
-            print(f"run {r + 1}: {dtype:9s} {elapsed:7.2f} s", flush=True)
-    gflops = max(gflops, matmul_gflops(threads))  # again after the runs: the best seen
+        for variant in names if r % 2 == 0 else names[::-1]:
+            elapsed, replies[variant] = run(variant)
+            times[variant].append(elapsed)
+            print(f"run {r + 1}: {variant:18s} {elapsed:7.2f} s", flush=True)
+    for kernel, value in matmul_gflops(threads).items():  # again after the runs: the best seen
+        kernels[kernel] = max(kernels[kernel], value)
+    gflops = max(kernels.values())
     roofline = gflops * 1e9 / (2 * params * prompt_tokens)
 
-    def figures(dtype: str) -> Dict[str, Any]:
-        stats = pipes[dtype][1].stats
-        queries = (stats["queries"] - before[dtype].get("queries", 0)) / runs
-        failures = (stats["parse_failures"] - before[dtype].get("parse_failures", 0)) / runs
-        median = statistics.median(times[dtype])
+    def figures(variant: str) -> Dict[str, Any]:
+        stats = pipes[variant][1].stats
+        queries = (stats["queries"] - before[variant].get("queries", 0)) / runs
+        failures = (stats["parse_failures"] - before[variant].get("parse_failures", 0)) / runs
+        median = statistics.median(times[variant])
         reference = replies[names[0]]
         return {
-            "dtype": dtype,
-            "runs_s": [round(t, 3) for t in times[dtype]],
+            "variant": variant,
+            "prepacked_layers": pipes[variant][1].model.prepacked_layers,
+            "runs_s": [round(t, 3) for t in times[variant]],
             "median_s": round(median, 3),
             "passages_per_s": round(len(texts) / median, 4),
             "queries_per_s": round(queries / median, 3),
             "unparseable_reply_rate": round(failures / queries, 3),
             "fraction_of_roofline": round(len(texts) / median / roofline, 3),
             f"same_replies_as_{names[0]}": round(
-                sum(a == b for a, b in zip(replies[dtype], reference)) / len(reference), 4
+                sum(a == b for a, b in zip(replies[variant], reference)) / len(reference), 4
             ),
         }
 
@@ -163,16 +187,17 @@ def main(
         "parameters": params,
         "prompt_tokens_per_passage": round(prompt_tokens, 1),
         "matmul_gflops_fp32": round(gflops, 1),
+        "matmul_gflops_fp32_by_kernel": {k: round(v, 1) for k, v in kernels.items()},
         "roofline_passages_per_s": round(roofline, 4),
-        "other_dtypes": [figures(d) for d in names[1:]],
+        "other_variants": [figures(d) for d in names[1:]],
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    for fig in [head] + result["other_dtypes"]:
-        print(f"{fig['dtype']}: {fig['passages_per_s']} passages/s = "
+    for fig in [head] + result["other_variants"]:
+        print(f"{fig['variant']}: {fig['passages_per_s']} passages/s = "
               f"{fig['fraction_of_roofline']} of the fp32 roofline "
               f"({result['roofline_passages_per_s']} passages/s at "
               f"{result['matmul_gflops_fp32']} GFLOP/s); same replies as {names[0]}: "

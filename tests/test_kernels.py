@@ -1,0 +1,72 @@
+import pickle
+
+import pytest
+
+from spacy_uniner import prompts
+from spacy_uniner.models.hf import HFStudent
+from spacy_uniner.models.kernels import onednn_available, packed_linear_class, prepack_linears
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+
+QUERIES = [
+    prompts.render_query(text, label)
+    for text in ["Ada Lovelace met Charles Babbage in London in 1833.", "Short."]
+    for label in ["person", "location", "date", "x"]
+]
+
+
+def _load(path, dtype="float32"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prepacked_model_gives_the_same_logits(tiny_model_dir, dtype):
+    import torch
+
+    plain, packed = _load(tiny_model_dir, dtype), _load(tiny_model_dir, dtype)
+    linears = sum(type(m) is torch.nn.Linear for m in plain.modules())
+    assert prepack_linears(packed) == linears > 0
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    # the tied LM head still shares the embedding; no other dense weight is kept
+    head = packed.lm_head
+    assert isinstance(head, packed_linear_class())
+    assert head.weight is packed.model.embed_tokens.weight
+    assert packed.model.layers[0].mlp.up_proj.weight is None
+    ids = torch.tensor([[1, 5, 9, 200, 7, 3000, 42]])
+    with torch.inference_mode():
+        a, b = plain(ids).logits.float(), packed(ids).logits.float()
+    tol = 1e-4 if dtype == "float32" else 5e-2
+    assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max()
+
+
+def test_student_prepacks_by_default_and_answers_the_same(tiny_model_dir):
+    packed = HFStudent(str(tiny_model_dir), max_new_tokens=8, batch_size=4, threads=1).load()
+    plain = HFStudent(
+        str(tiny_model_dir), max_new_tokens=8, batch_size=4, threads=1, prefix_sharing=False,
+        prepack=False,
+    ).load()
+    assert packed.prepacked_layers == 2 * 7 + 1  # q k v o gate up down per layer, LM head
+    assert plain.prepacked_layers == 0
+    assert packed.num_parameters == plain.num_parameters > 0
+    a, b = packed.generate(QUERIES), plain.generate(QUERIES)
+    assert [g.text for g in a] == [g.text for g in b]
+    for x, y in zip(a, b):
+        assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)
+
+
+def test_a_pickled_prepacked_student_loads_again(tiny_model_dir):
+    student = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1).load()
+    before = [g.text for g in student.generate(QUERIES)]
+    copy = pickle.loads(pickle.dumps(student))
+    assert copy._model is None and copy.prepacked_layers == 0
+    assert [g.text for g in copy.generate(QUERIES)] == before
+    assert copy.prepacked_layers == student.prepacked_layers
+
+
+def test_prepack_is_for_the_cpu(tiny_model_dir):
+    with pytest.raises(ValueError, match="prepack = true is for the CPU"):
+        HFStudent(str(tiny_model_dir), device="cuda", prepack=True)
+    HFStudent(str(tiny_model_dir), device="cuda", prepack=None)  # auto: left off on a GPU
