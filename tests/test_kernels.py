@@ -35,6 +35,8 @@ def test_prepacked_model_gives_the_same_logits(tiny_model_dir, dtype):
     assert isinstance(head, packed_linear_class())
     assert head.weight is packed.model.embed_tokens.weight
     assert packed.model.layers[0].mlp.up_proj.weight is None
+    # the SiLU-gated MLPs run the SiLU and the product inside oneDNN
+    assert all("forward" in vars(layer.mlp) for layer in packed.model.layers)
     ids = torch.tensor([[1, 5, 9, 200, 7, 3000, 42]])
     with torch.inference_mode():
         a, b = plain(ids).logits.float(), packed(ids).logits.float()
@@ -70,3 +72,13 @@ def test_prepack_is_for_the_cpu(tiny_model_dir):
     with pytest.raises(ValueError, match="prepack = true is for the CPU"):
         HFStudent(str(tiny_model_dir), device="cuda", prepack=True)
     HFStudent(str(tiny_model_dir), device="cuda", prepack=None)  # auto: left off on a GPU
+
+
+def test_the_decoder_uses_the_current_cache_argument(tiny_model_dir):
+    import warnings
+
+    student = HFStudent(str(tiny_model_dir), max_new_tokens=4, threads=1).load()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        student.generate(QUERIES[:2])
+    assert not [w for w in caught if "past_key_values" in str(w.message)]

@@ -124,6 +124,19 @@ def _attention(model: Any) -> Iterator[None]:
 
 
 @lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    """The forward's name for the key/value cache: ``cache`` in recent
+    transformers, ``past_key_values`` before (and deprecated since)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model_class.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@lru_cache(maxsize=None)
 def _keeps_masked_logits(model_class: type) -> bool:
     """Whether the model's forward takes a boolean ``logits_to_keep`` mask
     (transformers' ``slice_logits_to_keep``): only the positions that need a
@@ -202,6 +215,7 @@ class SharedDecoder:
         self.spare_columns = spare_columns
         self._workspace = {} if workspace is None else workspace
         self._masked_keep = _keeps_masked_logits(type(model))
+        self._cache_kwarg = _cache_argument(type(model))
         cfg = model.config
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         self.layers = text_cfg.num_hidden_layers
@@ -247,8 +261,8 @@ class SharedDecoder:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_kwarg: cache},
             logits_to_keep=keep if self._masked_keep else 0,
         )
         logits = out.logits

@@ -12,7 +12,7 @@ in oneDNN's blocked layout, so no call reorders it.
 The packed weight replaces the dense one (no extra memory), except where the
 weight is shared (an LM head tied to the input embeddings keeps the embedding
 and holds a packed copy). Results equal ``nn.Linear`` up to floating-point
-summation order.
+summation order (and the SiLU's rounding, where a gated MLP is fused).
 """
 
 import logging
@@ -101,5 +101,51 @@ def prepack_linears(model: Any) -> int:
                 continue
             setattr(parent, name, cls(child, keep_weight=users.get(id(w), 0) > 1))
             replaced += 1
-    logger.info("Prepacked %d linear layers for oneDNN", replaced)
+    fused = fuse_gated_mlps(model)
+    logger.info("Prepacked %d linear layers for oneDNN (%d gated MLPs fused)", replaced, fused)
     return replaced
+
+
+_GATED = "self.act_fn(self.gate_proj(x)) * self.up_proj(x)"
+
+
+def _is_silu(act: Any) -> bool:
+    import torch
+
+    return isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"
+
+
+def fuse_gated_mlps(model: Any) -> int:
+    """Give every prepacked SiLU-gated MLP (``down(silu(gate(x)) * up(x))``, as
+    in Llama, Mistral, Qwen2 ...) a forward where oneDNN applies the SiLU and
+    the product inside the gate and up products, instead of two more passes
+    over the widest activations. RETURNS how many were fused."""
+    import inspect
+    from types import MethodType
+
+    import torch
+
+    cls = packed_linear_class()
+    fused = 0
+    for module in model.modules():
+        parts = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if not (all(isinstance(p, cls) for p in parts) and _is_silu(getattr(module, "act_fn", None))):
+            continue
+        try:
+            source = inspect.getsource(type(module).forward)
+        except (OSError, TypeError):
+            continue
+        if _GATED not in source:  # some other arrangement: left as it is
+            continue
+
+        def forward(self: Any, x: Any) -> Any:
+            gate, up = self.gate_proj, self.up_proj
+            if x.dtype != gate.packed.dtype:
+                return self.down_proj(self.act_fn(gate(x)) * up(x))
+            g = torch.ops.mkldnn._linear_pointwise(x, gate.packed, gate.bias, "swish", [], "")
+            h = torch.ops.mkldnn._linear_pointwise.binary(x, g, up.packed, up.bias, "mul")
+            return self.down_proj(h)
+
+        module.forward = MethodType(forward, module)
+        fused += 1
+    return fused
