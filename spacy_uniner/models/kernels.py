@@ -20,8 +20,6 @@ from typing import Any, Optional
 
 logger = logging.getLogger("spacy_uniner")
 
-PACKABLE_DTYPES = ("float32", "bfloat16")
-
 
 def onednn_available() -> bool:
     """Whether this torch can run prepacked oneDNN linears on the CPU."""
@@ -77,14 +75,17 @@ def packed_linear_class() -> type:
 
 
 def prepack_linears(model: Any) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (on the CPU, fp32 or bf16) by a
+    """Replace every ``nn.Linear`` of ``model`` (on the CPU, fp32, or bf16 where
+    the CPU has bf16 instructions) by a
     :class:`PackedLinear`; RETURNS how many were replaced. Raises RuntimeError
     when this torch has no oneDNN (see :func:`onednn_available`)."""
     import torch
 
     if not onednn_available():
         raise RuntimeError("this torch build has no oneDNN (mkldnn) linear kernels")
-    packable = (torch.float32, torch.bfloat16)
+    packable = [torch.float32]
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else oneDNN's bf16 is slow
+        packable.append(torch.bfloat16)
     cls = packed_linear_class()
     # Weights used by more than one module (tied embeddings) stay in place.
     users: dict = {}

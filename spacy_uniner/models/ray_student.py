@@ -351,6 +351,7 @@ def make_ray_student_v1(
     adapter: Optional[str] = None,
     prefix_sharing: bool = True,
     empty_bias: Optional[float] = None,
+    prepack: Optional[bool] = None,
     student: Optional[Student] = None,
     num_actors: int = 2,
     num_gpus: float = 0.0,
@@ -363,7 +364,8 @@ def make_ray_student_v1(
     """The student in a pool of Ray actors; the pipeline stays in this process.
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
-        adapter, prefix_sharing, empty_bias: the settings of ``spacy_uniner.HFStudent.v1``,
+        adapter, prefix_sharing, empty_bias, prepack: the settings of
+        ``spacy_uniner.HFStudent.v1``,
         used by each actor (device "cuda" uses the actor's ``num_gpus``).
     student (Optional[Student]): any other student block instead (e.g.
         ``test.ScriptedStudent.v1``); then the HF settings must stay at their
@@ -390,6 +392,7 @@ def make_ray_student_v1(
         "adapter": adapter,
         "prefix_sharing": prefix_sharing,
         "empty_bias": empty_bias,
+        "prepack": prepack,
     }
     if student is None:
         student = make_hf_student_v1(**hf)
