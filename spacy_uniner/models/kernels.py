@@ -2,8 +2,8 @@
 
 torch runs an fp32 ``nn.Linear`` on x86 CPUs through MKL's sgemm, which on
 some CPUs (AMD ones in particular) takes a slow code path: on a 2-core AMD EPYC
-with AVX-512 a 2048-cube fp32 matmul reaches 176 GFLOP/s through MKL and 405
-through oneDNN, and the small-batch products of decoding are 3x faster. oneDNN
+with AVX-512 a 2048-cube fp32 matmul reaches 180-212 GFLOP/s through MKL and
+405-487 through oneDNN, and the small-batch products of decoding are 3x faster. oneDNN
 also ships with every x86 torch wheel; torch's own graph compiler uses these
 very ops (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``) when it
 freezes a model for CPU. Prepacking once at load time keeps each layer's weight
