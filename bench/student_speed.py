@@ -6,8 +6,9 @@ student tokens, run through the spaCy component (prefix-shared decoding).
 The roofline is measured in the same run: the best 2-thread fp32 matmul
 GFLOP/s this machine gives (torch.mm, i.e. MKL, and oneDNN with a prepacked
 weight, the kernel the student's linears use; both are recorded) divided by
-2 x parameters x prompt tokens per passage, where the prompt tokens are those a passage's 10 queries need prefilled with sharing (the passage
-prefix once plus each query's own tail). Decoding is not in the roofline, so
+2 x parameters x prompt tokens per passage, where the prompt tokens are those
+a passage's 10 queries need prefilled with sharing (the passage prefix once
+plus each query's own tail). Decoding is not in the roofline, so
 the fraction is conservative. Writes bench/results/student_speed.json.
 
 Every variant in --variants is timed in the same run (alternating), and its
