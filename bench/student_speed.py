@@ -41,16 +41,16 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> Dict[str, f
     torch.mm (MKL) and, where torch has it, oneDNN over a prepacked weight."""
     import torch
 
-    from spacy_uniner.models.kernels import onednn_available
+    from spacy_uniner.models.kernels import onednn_available, packed_linear_class
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     kernels = {"torch.mm": lambda: torch.mm(a, b)}
-    if onednn_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
-        kernels["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(
-            a, packed, None, "none", [], ""
-        )
+    if onednn_available():  # the student's own prepacked linear, computing a @ b
+        linear = torch.nn.Linear(n, n, bias=False)
+        linear.weight.data = b.t().contiguous()
+        packed = packed_linear_class()(linear, keep_weight=False)
+        kernels["onednn"] = lambda: packed(a)
     out = {}
     for name, fn in kernels.items():
         fn()

@@ -3,9 +3,9 @@
 torch runs an fp32 ``nn.Linear`` on x86 CPUs through MKL's sgemm, which on
 some CPUs (AMD ones in particular) takes a slow code path: on a 2-core AMD EPYC
 with AVX-512 a 2048-cube fp32 matmul reaches 180-212 GFLOP/s through MKL and
-405-487 through oneDNN, and the small-batch products of decoding are 3x faster. oneDNN
-also ships with every x86 torch wheel; torch's own graph compiler uses these
-very ops (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``) when it
+405-487 through oneDNN, and the small-batch products of decoding are 3x
+faster. oneDNN ships with every x86 torch wheel; torch's own graph compiler
+uses these very ops (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``) when it
 freezes a model for CPU. Prepacking once at load time keeps each layer's weight
 in oneDNN's blocked layout, so no call reorders it.
 
@@ -16,7 +16,9 @@ summation order (and the SiLU's rounding, where a gated MLP is fused).
 """
 
 import logging
-from typing import Any, Optional
+from collections import Counter
+from functools import lru_cache
+from typing import Any
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -32,7 +34,10 @@ def onednn_available() -> bool:
     )
 
 
-def _module_class() -> type:
+@lru_cache(maxsize=None)
+def packed_linear_class() -> type:
+    """The :class:`PackedLinear` module class (built on first use: torch is
+    imported lazily)."""
     import torch
 
     class PackedLinear(torch.nn.Module):
@@ -48,11 +53,14 @@ def _module_class() -> type:
             self.weight = linear.weight if keep_weight else None
             self.bias = linear.bias
 
-        def forward(self, x: Any) -> Any:
+        def check(self, x: Any) -> None:
             if x.dtype != self.packed.dtype:
                 raise TypeError(
                     f"PackedLinear holds {self.packed.dtype} weights, got {x.dtype} input"
                 )
+
+        def forward(self, x: Any) -> Any:
+            self.check(x)
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
         def extra_repr(self) -> str:
@@ -64,20 +72,9 @@ def _module_class() -> type:
     return PackedLinear
 
 
-_PACKED: Optional[type] = None
-
-
-def packed_linear_class() -> type:
-    global _PACKED
-    if _PACKED is None:
-        _PACKED = _module_class()
-    return _PACKED
-
-
 def prepack_linears(model: Any) -> int:
     """Replace every ``nn.Linear`` of ``model`` (on the CPU, fp32, or bf16 where
-    the CPU has bf16 instructions) by a
-    :class:`PackedLinear`; RETURNS how many were replaced. Raises RuntimeError
+    the CPU has bf16 instructions) by a :class:`PackedLinear`; RETURNS how many were replaced. Raises RuntimeError
     when this torch has no oneDNN (see :func:`onednn_available`)."""
     import torch
 
@@ -88,10 +85,9 @@ def prepack_linears(model: Any) -> int:
         packable.append(torch.bfloat16)
     cls = packed_linear_class()
     # Weights used by more than one module (tied embeddings) stay in place.
-    users: dict = {}
-    for module in model.modules():
-        for param in module.parameters(recurse=False):
-            users[id(param)] = users.get(id(param), 0) + 1
+    users = Counter(
+        id(param) for module in model.modules() for param in module.parameters(recurse=False)
+    )
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -100,7 +96,7 @@ def prepack_linears(model: Any) -> int:
             w = child.weight
             if w.device.type != "cpu" or w.dtype not in packable:
                 continue
-            setattr(parent, name, cls(child, keep_weight=users.get(id(w), 0) > 1))
+            setattr(parent, name, cls(child, keep_weight=users[id(w)] > 1))
             replaced += 1
     fused = fuse_gated_mlps(model)
     logger.info("Prepacked %d linear layers for oneDNN (%d gated MLPs fused)", replaced, fused)
@@ -116,12 +112,22 @@ def _is_silu(act: Any) -> bool:
     return isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"
 
 
+@lru_cache(maxsize=None)
+def _gated_forward(module_class: type) -> bool:
+    """Whether ``module_class.forward`` is ``down(act(gate(x)) * up(x))``."""
+    import inspect
+
+    try:
+        return _GATED in inspect.getsource(module_class.forward)
+    except (OSError, TypeError):
+        return False
+
+
 def fuse_gated_mlps(model: Any) -> int:
     """Give every prepacked SiLU-gated MLP (``down(silu(gate(x)) * up(x))``, as
     in Llama, Mistral, Qwen2 ...) a forward where oneDNN applies the SiLU and
     the product inside the gate and up products, instead of two more passes
     over the widest activations. RETURNS how many were fused."""
-    import inspect
     from types import MethodType
 
     import torch
@@ -130,19 +136,16 @@ def fuse_gated_mlps(model: Any) -> int:
     fused = 0
     for module in model.modules():
         parts = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-        if not (all(isinstance(p, cls) for p in parts) and _is_silu(getattr(module, "act_fn", None))):
-            continue
-        try:
-            source = inspect.getsource(type(module).forward)
-        except (OSError, TypeError):
-            continue
-        if _GATED not in source:  # some other arrangement: left as it is
+        if not (
+            all(isinstance(p, cls) for p in parts)
+            and _is_silu(getattr(module, "act_fn", None))
+            and _gated_forward(type(module))  # some other arrangement: left as it is
+        ):
             continue
 
         def forward(self: Any, x: Any) -> Any:
             gate, up = self.gate_proj, self.up_proj
-            if x.dtype != gate.packed.dtype:
-                return self.down_proj(self.act_fn(gate(x)) * up(x))
+            gate.check(x)
             g = torch.ops.mkldnn._linear_pointwise(x, gate.packed, gate.bias, "swish", [], "")
             h = torch.ops.mkldnn._linear_pointwise.binary(x, g, up.packed, up.bias, "mul")
             return self.down_proj(h)
