@@ -14,11 +14,12 @@ the fraction is conservative. Writes bench/results/student_speed.json.
 Every variant in --variants is timed in the same run (alternating), and its
 replies are compared with the first one's: a dtype (float32, bfloat16), or a
 dtype with ``:noprepack`` for torch's default linear kernels instead of the
-oneDNN-prepacked ones. Lower precision or other kernels are only worth it where
-the answers stay the same.
+oneDNN-prepacked ones (and SDPA's attention), or with ``:nodraft`` for one
+token per decode step (``draft_tokens = 0``). Lower precision or other kernels
+are only worth it where the answers stay the same.
 
     python bench/student_speed.py [--passages 8] [--model default]
-        [--variants float32,bfloat16,float32:noprepack]
+        [--variants float32,bfloat16,float32:noprepack,float32:nodraft]
 """
 
 import json
@@ -71,10 +72,10 @@ def main(
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together."),
     variants: str = typer.Option(
-        "float32,bfloat16,float32:noprepack",
+        "float32,bfloat16,float32:noprepack,float32:nodraft",
         help="Students to time, comma-separated: a dtype, optionally with ':noprepack' (torch's "
-        "default linear kernels); the first is the headline figure and the reference the "
-        "others' answers are compared with.",
+        "default linear and attention kernels) or ':nodraft' (no drafted tokens); the first is "
+        "the headline figure and the reference the others' answers are compared with.",
     ),
     output: Path = typer.Option(ROOT / "bench" / "results" / "student_speed.json"),
 ) -> None:
@@ -89,7 +90,7 @@ def main(
     pipes = {}
     for name in names:
         dtype, _, option = name.partition(":")
-        if option not in ("", "noprepack"):
+        if option not in ("", "noprepack", "nodraft"):
             raise typer.BadParameter(f"{name}: unknown option {option!r}", param_hint="--variants")
         nlp = spacy.blank("en")
         pipe = nlp.add_pipe(
@@ -99,7 +100,8 @@ def main(
                 "model": {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model,
                           "threads": threads, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "dtype": dtype,
-                          "prepack": False if option else None},
+                          "prepack": False if option == "noprepack" else None,
+                          **({"draft_tokens": 0} if option == "nodraft" else {})},
                 "store_replies": True,
             },
         )

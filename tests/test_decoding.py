@@ -64,8 +64,9 @@ def _prompts(tok):
     return ps, [tok(p)["input_ids"] for p in ps]
 
 
+@pytest.mark.parametrize("draft_tokens", [0, 2])
 @pytest.mark.parametrize("slots", [1, 3, 16])
-def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, monkeypatch):
+def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, draft_tokens, monkeypatch):
     model, tok = tiny
     ps, ids = _prompts(tok)
     compactions = []
@@ -81,6 +82,7 @@ def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, monkeypatch):
         pad_token_id=tok.pad_token_id,
         finished=lambda reply: len(reply) >= _length(reply),
         spare_columns=2 if slots < 16 else None,
+        draft_tokens=draft_tokens,
     )
     replies = decoder.generate(ids, list(_group_by_prefix(ps).values()))
     for i, (reply, logprobs) in enumerate(replies):
@@ -88,6 +90,7 @@ def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, monkeypatch):
         assert len(logprobs) == len(reply) and all(lp <= 0 for lp in logprobs)
     # 2 spare columns: the slab is compacted (and grown) along the way, answers unchanged
     assert bool(compactions) == (slots < 16)
+    assert (decoder.stats["drafted"] > 0) == (draft_tokens > 0)
 
 
 def test_logprobs_match_the_model(tiny):
@@ -137,6 +140,8 @@ def test_bad_prompts_and_settings(tiny):
         SharedDecoder(model, slots=2, max_new_tokens=2, **kwargs).generate([[5], []], [[0], [1]])
     with pytest.raises(ValueError, match="slots"):
         SharedDecoder(model, slots=0, max_new_tokens=2, **kwargs)
+    with pytest.raises(ValueError, match="draft_tokens must be 0 or more, got -1"):
+        SharedDecoder(model, slots=2, max_new_tokens=2, draft_tokens=-1, **kwargs)
 
 
 def test_attention_switch_is_undone(tiny):
@@ -145,3 +150,56 @@ def test_attention_switch_is_undone(tiny):
     with decoding._attention(model):
         assert model.config._attn_implementation == decoding.ATTENTION
     assert model.config._attn_implementation == before
+
+
+def test_lookup_draft():
+    from spacy_uniner.models.decoding import lookup_draft
+
+    # the latest occurrence matching the most of the last tokens wins
+    assert lookup_draft([1, 2, 3, 9, 5, 2, 3, 7, 8, 1, 2, 3], 2) == [9, 5]
+    assert lookup_draft([4, 3, 6, 1, 2, 3, 7, 2, 3], 3) == [7, 2, 3]
+    assert lookup_draft([5, 3, 7, 3], 4) == [7, 3]  # cut at the context's end
+    assert lookup_draft([1, 2, 3], 2) == []  # the last token never occurred
+    assert lookup_draft([3, 1, 3], 0) == []
+    assert lookup_draft([], 2) == []
+
+
+def _decode(model, tok, ids, groups, **kwargs):
+    decoder = SharedDecoder(
+        model,
+        slots=4,
+        max_new_tokens=10,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        finished=lambda reply: len(reply) >= _length(reply),
+        spare_columns=3,
+        **kwargs,
+    )
+    return decoder, decoder.generate(ids, groups)
+
+
+def test_drafts_keep_only_the_models_own_tokens(tiny, monkeypatch):
+    """Oracle drafts (the true continuation, sometimes with a wrong token in
+    it) take fewer steps; wrong drafts are dropped: the same tokens and
+    log-probabilities as one token per step."""
+    model, tok = tiny
+    ps, ids = _prompts(tok)
+    groups = list(_group_by_prefix(ps).values())
+    plain, want = _decode(model, tok, ids, groups)
+    truth = {tuple(ids[i]): reply for i, (reply, _) in enumerate(want)}
+
+    def oracle(self, row):
+        room = min(self.draft_tokens, self.max_new_tokens - len(row.ids) - 1)
+        true = truth[tuple(self._prompts[row.prompt])][len(row.ids) :][: max(room, 0)]
+        if row.prompt % 3 == 0 and true:  # a wrong token somewhere in the draft
+            true = true[:-1] + [(true[-1] + 1) % len(tok)]
+        return true
+
+    monkeypatch.setattr(SharedDecoder, "_draft", oracle)
+    drafted, got = _decode(model, tok, ids, groups, draft_tokens=3)
+    assert [r for r, _ in got] == [r for r, _ in want]
+    for (_, a), (_, b) in zip(got, want):
+        assert a == pytest.approx(b, abs=1e-4)
+    stats = drafted.stats
+    assert 0 < stats["accepted"] < stats["drafted"]
+    assert stats["steps"] < plain.stats["steps"]

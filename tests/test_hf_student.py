@@ -114,14 +114,17 @@ def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir, monkeypatch):
     plain = HFStudent(
         str(tiny_model_dir), max_new_tokens=8, batch_size=4, threads=1, prefix_sharing=False
     )
+    from transformers.cache_utils import DynamicCache
+
     from spacy_uniner.models.decoding import SharedDecoder
 
-    packed = []  # (rows, tokens) of each admission forward
+    packed = []  # (rows, tokens) of each admission forward (decode steps use the slab)
     original = SharedDecoder._forward
     monkeypatch.setattr(
         SharedDecoder, "_forward",
-        lambda self, ids, *rest: (ids.shape[1] > 1 and packed.append(tuple(ids.shape)))
-        or original(self, ids, *rest),
+        lambda self, ids, mask, positions, cache, keep: (
+            type(cache) is DynamicCache and packed.append(tuple(ids.shape))
+        ) or original(self, ids, mask, positions, cache, keep),
     )
     a, b = shared.generate(ps), plain.generate(ps)
     # every passage (and the free-text prompt) is one packed row, admitted once

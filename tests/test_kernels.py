@@ -82,3 +82,54 @@ def test_the_decoder_uses_the_current_cache_argument(tiny_model_dir):
         warnings.simplefilter("always")
         student.generate(QUERIES[:2])
     assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("batch_mask", [True, False])
+def test_masked_attention_equals_sdpa(dtype, batch_mask):
+    import torch
+
+    from spacy_uniner.models.kernels import additive_mask, masked_attention, onednn_dtypes
+
+    if getattr(torch, dtype) not in onednn_dtypes():
+        pytest.skip(f"no fast oneDNN {dtype} on this CPU")
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    batch, heads, kv_heads, q_len, dim = 3, 6, 2, 17, 16
+    query = torch.randn(batch, heads, q_len, dim, dtype=dt)
+    key = torch.randn(batch, kv_heads, q_len, dim, dtype=dt)
+    # a non-contiguous value, as the model's projections give it
+    value = torch.randn(batch, q_len, kv_heads, dim, dtype=dt).transpose(1, 2)
+    mask = torch.rand(batch if batch_mask else 1, 1, q_len, q_len) > 0.5
+    mask |= torch.eye(q_len, dtype=torch.bool)  # every row attends somewhere
+    got = masked_attention(query, key, value, additive_mask(mask, dt), 0.3)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query.float(), key.float(), value.float(), attn_mask=mask, scale=0.3, enable_gqa=True
+    ).transpose(1, 2)
+    assert got.shape == (batch, q_len, heads, dim) and got.is_contiguous()
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    assert torch.allclose(got.float(), want, atol=tol, rtol=tol), (got.float() - want).abs().max()
+    with pytest.raises(ValueError, match="5 query heads over 2"):
+        masked_attention(query[:, :5], key, value, additive_mask(mask, dt), 0.3)
+
+
+def test_the_prefill_attention_runs_on_onednn_only_when_prepacked(tiny_model_dir, monkeypatch):
+    from spacy_uniner.models import decoding
+
+    calls = []
+    real = decoding.masked_attention
+    monkeypatch.setattr(
+        decoding, "masked_attention", lambda *a: calls.append(a[0].shape) or real(*a)
+    )
+    packed = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1)
+    plain = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1, prepack=False)
+    a = packed.generate(QUERIES)
+    layers = packed._model.config.num_hidden_layers
+    assert calls and len(calls) % layers == 0  # every layer of every admission
+    assert all(shape[2] > 1 for shape in calls)  # never a one-token decode step
+    calls.clear()
+    b = plain.generate(QUERIES)
+    assert not calls
+    assert [g.text for g in a] == [g.text for g in b]
+    for x, y in zip(a, b):
+        assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)

@@ -14,7 +14,12 @@ answers are a few tokens long. This decoder
   forward), and decodes all rows one token per step, each step writing one
   column in place (nothing is concatenated);
 - hands a finished answer's row to the next question at once (continuous
-  batching), so a long answer never holds a batch of short ones hostage.
+  batching), so a long answer never holds a batch of short ones hostage;
+- optionally drafts each row's next tokens from its own prompt and reply
+  (prompt-lookup decoding: answers copy the passage) and checks them all in one
+  step, keeping the drafted tokens the model would have chosen itself. A step
+  reads all the weights whatever its few rows, so a long answer then takes
+  fewer steps.
 
 Rows read only their own columns (the mask) and keep their own positions, so
 every question sees exactly the tokens it would see alone and greedy answers
@@ -28,6 +33,8 @@ from functools import lru_cache
 from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
 
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from .kernels import additive_mask, masked_attention, onednn_dtypes
 
 Tokens = List[int]
 
@@ -68,25 +75,44 @@ def slab_cache(keys: Sequence[Any], values: Sequence[Any], length: int) -> Cache
 
 
 ATTENTION = "uniner_sdpa"
+_FOLD_TOKENS = 16  # query tokens per row up to which grouped heads are folded
 
 
 def _gqa_sdpa_forward(
     module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
 ) -> Any:
-    """transformers' SDPA attention, except that a masked multi-token query over
-    grouped key/value heads uses SDPA's own grouped-query support instead of
-    first copying every key/value head ``num_key_value_groups`` times (the
-    masked prefill of question tails is exactly that case)."""
+    """transformers' SDPA attention, except for a masked multi-token query over
+    grouped key/value heads. A few tokens per row (a decode step with drafts):
+    the query heads of one key/value head are folded into one head of
+    ``groups x tokens`` queries, as transformers does for one token, so each
+    key/value head is read once, not once per query head. More (the masked
+    prefill of question tails): SDPA's own grouped-query support, instead of
+    first copying every key/value head ``num_key_value_groups`` times."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
+    q_len = query.shape[2]
     if (
         groups > 1
         and attention_mask is not None
-        and query.shape[2] > 1
+        and q_len > 1
         and kwargs.get("position_bias") is None
     ):
+        if q_len <= _FOLD_TOKENS:
+            batch, heads, _, dim = query.shape
+            kv_heads, kv_len = key.shape[1], key.shape[-2]
+            mask = attention_mask.expand(batch, 1, q_len, kv_len)[:, :, None]
+            out = torch.nn.functional.scaled_dot_product_attention(
+                query.reshape(batch, kv_heads, groups * q_len, dim),
+                key,
+                value,
+                attn_mask=mask.expand(batch, 1, groups, q_len, kv_len).reshape(
+                    batch, 1, groups * q_len, kv_len
+                ),
+                scale=kwargs.get("scaling"),
+            )
+            return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
         out = torch.nn.functional.scaled_dot_product_attention(
             query,
             key,
@@ -99,24 +125,51 @@ def _gqa_sdpa_forward(
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+ONEDNN_ATTENTION = "uniner_onednn"
+
+
+def _onednn_forward(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+) -> Any:
+    """:func:`_gqa_sdpa_forward`, except that a multi-token query under an
+    additive mask (the packed prefill's) runs on oneDNN
+    (:func:`~spacy_uniner.models.kernels.masked_attention`) where the dtype
+    allows."""
+    if (
+        attention_mask is not None
+        and attention_mask.dtype == query.dtype
+        and query.shape[2] > 1
+        and query.device.type == "cpu"
+        and query.dtype in onednn_dtypes()
+        and kwargs.get("position_bias") is None
+        and kwargs.get("softcap") is None
+        and not kwargs.get("dropout")
+    ):
+        scaling = kwargs.get("scaling")
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        return masked_attention(query, key, value, attention_mask, scale), None
+    return _gqa_sdpa_forward(module, query, key, value, attention_mask, **kwargs)
+
+
 def _register_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    if ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTENTION, _gqa_sdpa_forward)
-        AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    for name, forward in ((ATTENTION, _gqa_sdpa_forward), (ONEDNN_ATTENTION, _onednn_forward)):
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, forward)
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 @contextmanager
-def _attention(model: Any) -> Iterator[None]:
-    """Run the model with :func:`_gqa_sdpa_forward` for the duration: the
-    decoder's boolean 4D masks are SDPA masks, whatever attention the model was
-    loaded with."""
+def _attention(model: Any, onednn: bool = False) -> Iterator[None]:
+    """Run the model with :func:`_gqa_sdpa_forward` (or :func:`_onednn_forward`)
+    for the duration: the decoder's 4D masks are SDPA masks, whatever attention
+    the model was loaded with."""
     config = model.config
     before = getattr(config, "_attn_implementation", None)
     _register_attention()
-    config._attn_implementation = ATTENTION
+    config._attn_implementation = ONEDNN_ATTENTION if onednn else ATTENTION
     try:
         yield
     finally:
@@ -181,7 +234,12 @@ class SharedDecoder:
     forward (one group is always admitted). The slab has room for the widest
     prompt, ``max_new_tokens`` and ``spare_columns`` (default: the widest
     prompt, at least 64) before it is compacted. ``workspace`` (a dict) keeps
-    the key/value slab between calls.
+    the key/value slab between calls. ``draft_tokens`` (0: off) is how many
+    tokens a row may draft per step (:func:`lookup_draft`); greedy answers stay
+    those of one token per step. ``onednn_attention`` runs the attention of
+    the admission forwards on oneDNN (CPU, fp32 or bf16 where the CPU has it;
+    :func:`~spacy_uniner.models.kernels.masked_attention`); decode steps stay
+    on SDPA.
     """
 
     def __init__(
@@ -198,11 +256,15 @@ class SharedDecoder:
         prefill_tokens: int = 2048,
         spare_columns: Optional[int] = None,
         workspace: Optional[dict] = None,
+        onednn_attention: bool = False,
+        draft_tokens: int = 0,
     ) -> None:
         if slots < 1 or max_new_tokens < 1:
             raise ValueError(
                 f"slots and max_new_tokens must be positive, got {slots}, {max_new_tokens}"
             )
+        if draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be 0 or more, got {draft_tokens}")
         self.model = model
         self.slots = slots
         self.max_new_tokens = max_new_tokens
@@ -214,6 +276,10 @@ class SharedDecoder:
         self.prefill_tokens = prefill_tokens
         self.spare_columns = spare_columns
         self._workspace = {} if workspace is None else workspace
+        self.onednn_attention = onednn_attention
+        self.draft_tokens = draft_tokens
+        # decode steps run, tokens drafted, drafted tokens kept (all calls)
+        self.stats = {"steps": 0, "drafted": 0, "accepted": 0}
         self._masked_keep = _keeps_masked_logits(type(model))
         self._cache_kwarg = _cache_argument(type(model))
         cfg = model.config
@@ -246,17 +312,18 @@ class SharedDecoder:
             )
         # Similar lengths are admitted together: little padding.
         work.sort(key=lambda g: (len(g.prefix), sum(map(len, g.tails))))
+        self._prompts = prompts
         self._pending: Deque[_Group] = deque(work)
         self._widest = max((len(g.prefix) + max(map(len, g.tails)) for g in work), default=1)
         self._out: List[Optional[Tuple[Tokens, List[float]]]] = [None] * len(prompts)
-        with torch.inference_mode(), _attention(self.model):
+        with torch.inference_mode(), _attention(self.model, self.onednn_attention):
             self._run()
         return self._out  # type: ignore[return-value]
 
     def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Cache, keep: Any) -> Any:
         """Logits ``(n, vocab)`` at the ``keep`` positions (a boolean
         ``(rows, tokens)`` tensor), in row-major order. ``mask`` is a 4D
-        boolean attention mask (True: attend)."""
+        attention mask: boolean (True: attend) or additive."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -339,10 +406,24 @@ class SharedDecoder:
             if self._rows:
                 self._step()
 
+    def _draft(self, row: _Row) -> Tokens:
+        """The tokens ``row`` drafts after its next one (see :func:`lookup_draft`),
+        never past ``max_new_tokens``."""
+        room = min(self.draft_tokens, self.max_new_tokens - len(row.ids) - 1)
+        if room < 1:
+            return []
+        return lookup_draft(self._prompts[row.prompt] + row.ids, room)
+
     def _step(self) -> None:
-        """One token for every running row."""
+        """One token for every running row (more where drafts are kept)."""
         import torch
 
+        self.stats["steps"] += 1
+        if self.draft_tokens:
+            drafts = [self._draft(row) for row in self._rows]
+            if any(drafts):
+                self._step_drafted(drafts)
+                return
         if self._column >= self._mask.shape[1]:
             self._compact()
         col = self._column
@@ -361,6 +442,77 @@ class SharedDecoder:
         )
         self._column = col + 1
         self._take(logits)
+
+    def _step_drafted(self, drafts: List[Tokens]) -> None:
+        """Every row's next token and its drafts in one forward: a row's tokens
+        see its earlier columns and each other causally; the model's choice at
+        each position is taken while it confirms the draft before it."""
+        import torch
+
+        width = 1 + max(map(len, drafts))
+        if self._column + width > self._mask.shape[1]:
+            self._compact()
+        col = self._column
+        n = len(self._rows)
+        device = self._mask.device
+        tokens = torch.full((n, width), self.pad, dtype=torch.long, device=device)
+        tokens[:, 0] = self._next[:n]
+        keep = torch.zeros((n, width), dtype=torch.bool, device=device)
+        for i, draft in enumerate(drafts):
+            tokens[i, 1 : 1 + len(draft)] = torch.tensor(draft, dtype=torch.long, device=device)
+            keep[i, : 1 + len(draft)] = True
+        start = torch.tensor([row.position + 1 for row in self._rows], device=device)
+        positions = start[:, None] + torch.arange(width, device=device)
+        # Padding after a short draft is fed too (one width for all rows): it is
+        # never attended to, and its logits are not taken.
+        mask = torch.ones((n, 1, width, col + width), dtype=torch.bool, device=device)
+        mask[:, 0, :, :col] = self._mask[:n, None, :col]
+        mask[:, 0, :, col:] = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        logits = self._forward(
+            tokens,
+            mask,
+            positions,
+            slab_cache([k[:n] for k in self._keys], [v[:n] for v in self._values], col),
+            keep,
+        )
+        self._column = col + width
+        self._mask[:n, col : col + width] = False
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = logprobs.argmax(dim=-1)
+        picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        chosen = chosen.tolist()
+        done = []
+        at = 0
+        for slot, (row, draft) in enumerate(zip(self._rows, drafts)):
+            self.stats["drafted"] += len(draft)
+            going = True
+            fed = 0  # this row's fed tokens whose keys/values are valid
+            for j in range(1 + len(draft)):
+                tid, lp = chosen[at + j], picked[at + j]
+                fed = j + 1
+                if tid != self.eos:
+                    row.ids.append(tid)
+                    row.logprobs.append(lp)
+                if (
+                    tid == self.eos
+                    or len(row.ids) >= self.max_new_tokens
+                    or self.finished(row.ids)
+                ):
+                    self._out[row.prompt] = (row.ids, row.logprobs)
+                    going = False
+                    break
+                if j == len(draft) or tid != draft[j]:
+                    break
+                self.stats["accepted"] += 1
+            at += 1 + len(draft)
+            if going:
+                self._mask[slot, col : col + fed] = True
+                row.position += fed
+                self._next[slot] = row.ids[-1]
+            else:
+                done.append(slot)
+        if done:
+            self._release(done)
 
     def _choose(self, rows: Sequence[_Row], logits: Any, first: bool) -> List[bool]:
         """Append each row's greedy next token (one logits row each); whether
@@ -490,7 +642,10 @@ class SharedDecoder:
                     )
                 )
                 at += t
-        logits = self._forward(ids, mask[:, None], positions, cache, keep)
+        mask = mask[:, None]
+        if self.onednn_attention:  # once for every layer's attention
+            mask = additive_mask(mask, next(self.model.parameters()).dtype)
+        logits = self._forward(ids, mask, positions, cache, keep)
         for row, on in zip(rows, self._choose(rows, logits, first=True)):
             if on:
                 self._parked.append(row)
@@ -537,6 +692,27 @@ class SharedDecoder:
             row.start = col - len(cols)
             row.source = None  # the admission cache is freed with its last row
             self._rows.append(row)
+
+
+def lookup_draft(context: Sequence[int], k: int, ngram: int = 3) -> Tokens:
+    """Prompt-lookup drafting: the (up to) ``k`` tokens that followed the latest
+    earlier occurrence of ``context``'s last tokens, preferring the occurrence
+    that matches the most of them (up to ``ngram``); none when the last token
+    never occurred before."""
+    n = len(context)
+    last = context[-1] if n else None
+    best, best_len = -1, 0
+    for p in range(n - 2, -1, -1):
+        if context[p] != last:
+            continue
+        m = 1
+        while m < ngram and p - m >= 0 and context[p - m] == context[n - 1 - m]:
+            m += 1
+        if m > best_len:
+            best, best_len = p, m
+            if m == ngram:
+                break
+    return list(context[best + 1 : best + 1 + k]) if k > 0 and best >= 0 else []
 
 
 def shared_prefix_len(ids: Sequence[Sequence[int]]) -> int:

@@ -47,10 +47,17 @@ class HFStudent:
     non-evaluation data when the adapter was shipped), else 0 (plain greedy).
 
     ``prepack`` runs the linear layers on oneDNN with their weights prepacked
-    at load time (:mod:`~spacy_uniner.models.kernels`); ``None`` does so on the
-    CPU whenever this torch has oneDNN. fp32 linears otherwise go to MKL, which
-    is up to 3x slower on some CPUs; the answers agree up to float summation
-    order.
+    at load time (:mod:`~spacy_uniner.models.kernels`), and the shared
+    decoder's prefill attention on oneDNN too; ``None`` does so on the CPU
+    whenever this torch has oneDNN. fp32 linears otherwise go to MKL, which is
+    up to 3x slower on some CPUs (and so is torch's CPU attention, whose block
+    products go there too); the answers agree up to float summation order.
+
+    ``draft_tokens`` (shared decoding only) lets each reply draft that many
+    tokens per decode step from its own prompt and reply (answers copy the
+    passage) and checks them in the same step; a drafted token is kept only
+    where the model chooses it itself. A decode step reads every weight
+    whatever its few rows, so long answers take fewer steps.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class HFStudent:
         prefix_sharing: bool = True,
         empty_bias: Optional[float] = None,
         prepack: Optional[bool] = None,
+        draft_tokens: int = 1,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -75,6 +83,8 @@ class HFStudent:
                 f"max_new_tokens and batch_size must be positive, "
                 f"got {max_new_tokens} and {batch_size}"
             )
+        if draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be 0 or more, got {draft_tokens}")
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -93,6 +103,7 @@ class HFStudent:
         if prepack and not (device == "auto" or device.startswith("cpu")):
             raise ValueError(f"prepack = true is for the CPU; this student runs on {device!r}")
         self.prepack = prepack
+        self.draft_tokens = draft_tokens
         self.num_parameters: Optional[int] = None  # known once loaded
         self.prepacked_layers = 0
         self._empty_ids: Optional[List[int]] = None
@@ -227,6 +238,8 @@ class HFStudent:
             empty_ids=self.empty_list_ids if self.empty_bias else (),
             empty_bias=self.empty_bias,
             workspace=self._workspace,
+            onednn_attention=self.prepacked_layers > 0,
+            draft_tokens=self.draft_tokens,
         )
         ids = [tok(p)["input_ids"] for p in prompts]
         groups = (
@@ -386,6 +399,7 @@ def make_hf_student_v1(
     prefix_sharing: bool = True,
     empty_bias: Optional[float] = None,
     prepack: Optional[bool] = None,
+    draft_tokens: int = 1,
 ) -> HFStudent:
     """An in-process Hugging Face student.
 
@@ -409,8 +423,12 @@ def make_hf_student_v1(
         first reply token (> 0 answers more often); None: the adapter's recorded
         value (uniner_student.json), else 0.
     prepack (Optional[bool]): run the linear layers on oneDNN with weights
-        prepacked at load (up to 3x faster fp32 on some CPUs; answers equal up
-        to float summation order); None: on the CPU when torch has oneDNN.
+        prepacked at load, and the shared decoder's prefill attention on oneDNN
+        (up to 3x faster fp32 on some CPUs; answers equal up to float
+        summation order); None: on the CPU when torch has oneDNN.
+    draft_tokens (int): with prefix_sharing, tokens a reply may draft per
+        decode step from its own prompt (prompt-lookup decoding; drafts the
+        model would not choose are dropped, so answers stay greedy's); 0: off.
     """
     return HFStudent(
         name,
@@ -424,4 +442,5 @@ def make_hf_student_v1(
         prefix_sharing=prefix_sharing,
         empty_bias=empty_bias,
         prepack=prepack,
+        draft_tokens=draft_tokens,
     )

@@ -18,7 +18,7 @@ summation order (and the SiLU's rounding, where a gated MLP is fused).
 import logging
 from collections import Counter
 from functools import lru_cache
-from typing import Any
+from typing import Any, Tuple
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -72,17 +72,27 @@ def packed_linear_class() -> type:
     return PackedLinear
 
 
+@lru_cache(maxsize=None)
+def onednn_dtypes() -> Tuple[Any, ...]:
+    """The dtypes oneDNN runs fast here: fp32, and bf16 where the CPU has bf16
+    instructions (elsewhere oneDNN's bf16 is emulated, and slow)."""
+    import torch
+
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return (torch.float32, torch.bfloat16)
+    return (torch.float32,)
+
+
 def prepack_linears(model: Any) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (on the CPU, fp32, or bf16 where
-    the CPU has bf16 instructions) by a :class:`PackedLinear`; RETURNS how many were replaced. Raises RuntimeError
-    when this torch has no oneDNN (see :func:`onednn_available`)."""
+    """Replace every ``nn.Linear`` of ``model`` (on the CPU, in one of
+    :func:`onednn_dtypes`) by a :class:`PackedLinear`; RETURNS how many were
+    replaced. Raises RuntimeError when this torch has no oneDNN (see
+    :func:`onednn_available`)."""
     import torch
 
     if not onednn_available():
         raise RuntimeError("this torch build has no oneDNN (mkldnn) linear kernels")
-    packable = [torch.float32]
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else oneDNN's bf16 is slow
-        packable.append(torch.bfloat16)
+    packable = onednn_dtypes()
     cls = packed_linear_class()
     # Weights used by more than one module (tied embeddings) stay in place.
     users = Counter(
@@ -153,3 +163,52 @@ def fuse_gated_mlps(model: Any) -> int:
         module.forward = MethodType(forward, module)
         fused += 1
     return fused
+
+
+def additive_mask(mask: Any, dtype: Any) -> Any:
+    """A boolean attention mask (True: attend) as the additive one
+    :func:`masked_attention` takes: 0 where attended, -inf elsewhere."""
+    import torch
+
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf")
+    )
+
+
+def masked_attention(query: Any, key: Any, value: Any, mask: Any, scale: float) -> Any:
+    """``softmax(query @ key^T * scale + mask) @ value`` with both products on
+    oneDNN, for CPU tensors in one of :func:`onednn_dtypes`.
+
+    query: ``(batch, heads, q_len, dim)``; key, value: ``(batch, kv_heads,
+    kv_len, dim)``, ``heads`` a multiple of ``kv_heads`` (grouped-query
+    attention: the query heads of one key/value head go through its products
+    as one matrix, nothing is repeated); mask: additive, ``(batch or 1, 1,
+    q_len, kv_len)`` (see :func:`additive_mask`), every query row attending to
+    at least one key. RETURNS ``(batch, q_len, heads, dim)``, contiguous.
+    """
+    import torch
+
+    linear = torch.ops.mkldnn._linear_pointwise
+    batch, heads, q_len, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    if heads % kv_heads or mask.dtype != query.dtype:
+        raise ValueError(
+            f"masked_attention: {heads} query heads over {kv_heads} key/value heads, "
+            f"{mask.dtype} mask for {query.dtype} queries"
+        )
+    group = heads // kv_heads
+    query = query * scale
+    value_t = value.transpose(-1, -2).contiguous()  # the second product's weight: (dim, kv_len)
+    out = torch.empty((batch, q_len, heads, dim), dtype=query.dtype, device=query.device)
+    for b in range(batch):
+        add = mask[b if mask.shape[0] > 1 else 0]
+        for h in range(kv_heads):
+            heads_h = slice(h * group, (h + 1) * group)
+            scores = linear(query[b, heads_h].reshape(group * q_len, dim), key[b, h], None,
+                            "none", [], "")
+            scores = scores.view(group, q_len, kv_len)
+            scores += add
+            probs = torch.softmax(scores, dim=-1).view(group * q_len, kv_len)
+            res = linear(probs, value_t[b, h], None, "none", [], "")
+            out[b, :, heads_h] = res.view(group, q_len, dim).transpose(0, 1)
+    return out

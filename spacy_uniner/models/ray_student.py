@@ -352,6 +352,7 @@ def make_ray_student_v1(
     prefix_sharing: bool = True,
     empty_bias: Optional[float] = None,
     prepack: Optional[bool] = None,
+    draft_tokens: int = 1,
     student: Optional[Student] = None,
     num_actors: int = 2,
     num_gpus: float = 0.0,
@@ -364,7 +365,7 @@ def make_ray_student_v1(
     """The student in a pool of Ray actors; the pipeline stays in this process.
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
-        adapter, prefix_sharing, empty_bias, prepack: the settings of
+        adapter, prefix_sharing, empty_bias, prepack, draft_tokens: the settings of
         ``spacy_uniner.HFStudent.v1``,
         used by each actor (device "cuda" uses the actor's ``num_gpus``).
     student (Optional[Student]): any other student block instead (e.g.
@@ -393,6 +394,7 @@ def make_ray_student_v1(
         "prefix_sharing": prefix_sharing,
         "empty_bias": empty_bias,
         "prepack": prepack,
+        "draft_tokens": draft_tokens,
     }
     if student is None:
         student = make_hf_student_v1(**hf)
