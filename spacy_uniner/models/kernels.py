@@ -198,6 +198,8 @@ def masked_attention(query: Any, key: Any, value: Any, mask: Any, scale: float) 
         )
     group = heads // kv_heads
     query = query * scale
+    # Both products' weights must be dense: oneDNN takes a slow path on strided ones.
+    key = key.contiguous()
     value_t = value.transpose(-1, -2).contiguous()  # the second product's weight: (dim, kv_len)
     out = torch.empty((batch, q_len, heads, dim), dtype=query.dtype, device=query.device)
     for b in range(batch):
