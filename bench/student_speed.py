@@ -66,7 +66,7 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> Dict[str, f
 
 def main(
     passages: int = typer.Option(8, help="Passages per run."),
-    runs: int = typer.Option(3, help="Timed runs (median reported) after one warm-up."),
+    runs: int = typer.Option(5, help="Timed runs (median reported) after one warm-up."),
     model: str = typer.Option("default", help="Student model."),
     threads: int = typer.Option(2, help="torch threads."),
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
