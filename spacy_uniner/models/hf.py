@@ -115,7 +115,8 @@ class HFStudent:
         return (
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
             f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
-            f"empty_bias={self.empty_bias!r}, prepack={self.prepack!r})"
+            f"empty_bias={self.empty_bias!r}, prepack={self.prepack!r}, "
+            f"draft_tokens={self.draft_tokens!r})"
         )
 
     def __getstate__(self) -> Dict[str, Any]:
