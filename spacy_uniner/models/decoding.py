@@ -477,31 +477,16 @@ class SharedDecoder:
         )
         self._column = col + width
         self._mask[:n, col : col + width] = False
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        chosen = logprobs.argmax(dim=-1)
-        picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-        chosen = chosen.tolist()
+        chosen, picked = self._greedy(logits, first=False)
         done = []
         at = 0
         for slot, (row, draft) in enumerate(zip(self._rows, drafts)):
             self.stats["drafted"] += len(draft)
-            going = True
-            fed = 0  # this row's fed tokens whose keys/values are valid
             for j in range(1 + len(draft)):
-                tid, lp = chosen[at + j], picked[at + j]
-                fed = j + 1
-                if tid != self.eos:
-                    row.ids.append(tid)
-                    row.logprobs.append(lp)
-                if (
-                    tid == self.eos
-                    or len(row.ids) >= self.max_new_tokens
-                    or self.finished(row.ids)
-                ):
-                    self._out[row.prompt] = (row.ids, row.logprobs)
-                    going = False
-                    break
-                if j == len(draft) or tid != draft[j]:
+                tid = chosen[at + j]
+                fed = j + 1  # this row's fed tokens whose keys/values are valid
+                going = self._extend(row, tid, picked[at + j])
+                if not going or j == len(draft) or tid != draft[j]:
                     break
                 self.stats["accepted"] += 1
             at += 1 + len(draft)
@@ -514,9 +499,9 @@ class SharedDecoder:
         if done:
             self._release(done)
 
-    def _choose(self, rows: Sequence[_Row], logits: Any, first: bool) -> List[bool]:
-        """Append each row's greedy next token (one logits row each); whether
-        the row goes on (False: its reply is complete and recorded)."""
+    def _greedy(self, logits: Any, first: bool) -> Tuple[List[int], List[float]]:
+        """The greedy token of each logits row and its log-probability
+        (``first``: the first answer token, where ``empty_bias`` applies)."""
         import torch
 
         logits = logits.float()
@@ -525,17 +510,24 @@ class SharedDecoder:
         logprobs = torch.log_softmax(logits, dim=-1)
         chosen = logprobs.argmax(dim=-1)
         picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-        going = []
-        for row, tid, lp in zip(rows, chosen.tolist(), picked):
-            if tid != self.eos:
-                row.ids.append(tid)
-                row.logprobs.append(lp)
-            if tid == self.eos or len(row.ids) >= self.max_new_tokens or self.finished(row.ids):
-                self._out[row.prompt] = (row.ids, row.logprobs)
-                going.append(False)
-            else:
-                going.append(True)
-        return going
+        return chosen.tolist(), picked
+
+    def _extend(self, row: _Row, tid: int, logprob: float) -> bool:
+        """Append a chosen token to ``row``'s reply; whether the row goes on
+        (False: its reply is complete and recorded)."""
+        if tid != self.eos:
+            row.ids.append(tid)
+            row.logprobs.append(logprob)
+        if tid == self.eos or len(row.ids) >= self.max_new_tokens or self.finished(row.ids):
+            self._out[row.prompt] = (row.ids, row.logprobs)
+            return False
+        return True
+
+    def _choose(self, rows: Sequence[_Row], logits: Any, first: bool) -> List[bool]:
+        """Append each row's greedy next token (one logits row each); whether
+        the row goes on (False: its reply is complete and recorded)."""
+        chosen, picked = self._greedy(logits, first)
+        return [self._extend(row, tid, lp) for row, tid, lp in zip(rows, chosen, picked)]
 
     def _take(self, logits: Any) -> None:
         """Next tokens of the slab rows; finished rows leave it."""
