@@ -360,8 +360,9 @@ class UniversalNER(Pipe):
             raise RuntimeError(
                 f"The student returned {len(generations)} replies for {len(prompt_texts)} prompts"
             )
+        texts = [doc.text for doc in docs]  # Doc.text joins its tokens on every call
         for (i, start, end, label), gen in zip(queries, generations):
-            self._read_reply(docs[i].text, start, end, label, gen, results[i])
+            self._read_reply(texts[i], start, end, label, gen, results[i])
         for result in results:
             self.stats.update(result.stats)
         return results

@@ -113,23 +113,49 @@ def test_masked_attention_equals_sdpa(dtype, batch_mask):
         masked_attention(query[:, :5], key, value, additive_mask(mask, dt), 0.3)
 
 
-def test_the_prefill_attention_runs_on_onednn_only_when_prepacked(tiny_model_dir, monkeypatch):
-    from spacy_uniner.models import decoding
+@pytest.mark.parametrize("faster", [True, False])
+def test_the_prefill_attention_runs_on_onednn_only_when_prepacked_and_faster(
+    tiny_model_dir, monkeypatch, faster
+):
+    from spacy_uniner.models import decoding, hf
 
     calls = []
     real = decoding.masked_attention
     monkeypatch.setattr(
         decoding, "masked_attention", lambda *a: calls.append(a[0].shape) or real(*a)
     )
+    timed = []
+    monkeypatch.setattr(hf, "onednn_attention_faster", lambda *a: timed.append(a) or faster)
     packed = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1)
     plain = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1, prepack=False)
     a = packed.generate(QUERIES)
-    layers = packed._model.config.num_hidden_layers
-    assert calls and len(calls) % layers == 0  # every layer of every admission
-    assert all(shape[2] > 1 for shape in calls)  # never a one-token decode step
+    cfg = packed._model.config
+    assert timed == [(cfg.num_attention_heads, cfg.num_key_value_heads,
+                      cfg.hidden_size // cfg.num_attention_heads, packed._model.dtype, 1)]
+    assert packed.onednn_attention is faster
+    if faster:
+        assert calls and len(calls) % cfg.num_hidden_layers == 0  # every layer of every admission
+        assert all(shape[2] > 1 for shape in calls)  # never a decode step
+    else:
+        assert not calls
     calls.clear()
     b = plain.generate(QUERIES)
-    assert not calls
+    assert not calls and len(timed) == 1 and plain.onednn_attention is False
     assert [g.text for g in a] == [g.text for g in b]
     for x, y in zip(a, b):
         assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)
+
+
+def test_the_attention_kernel_is_timed_once_per_shape(caplog):
+    import torch
+
+    from spacy_uniner.models.kernels import onednn_attention_faster
+
+    onednn_attention_faster.cache_clear()
+    with caplog.at_level("INFO", logger="spacy_uniner"):
+        first = onednn_attention_faster(4, 2, 16, torch.float32, 1)
+        again = onednn_attention_faster(4, 2, 16, torch.float32, 1)
+    assert isinstance(first, bool) and again is first
+    timings = [r.getMessage() for r in caplog.records if "Prefill attention on" in r.getMessage()]
+    assert len(timings) == 1
+    assert timings[0].startswith("Prefill attention on " + ("oneDNN" if first else "SDPA"))

@@ -131,14 +131,14 @@ ONEDNN_ATTENTION = "uniner_onednn"
 def _onednn_forward(
     module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
 ) -> Any:
-    """:func:`_gqa_sdpa_forward`, except that a multi-token query under an
-    additive mask (the packed prefill's) runs on oneDNN
-    (:func:`~spacy_uniner.models.kernels.masked_attention`) where the dtype
-    allows."""
+    """:func:`_gqa_sdpa_forward`, except that a query of more tokens per row
+    than a decode step has (the packed prefill's) under an additive mask runs
+    on oneDNN (:func:`~spacy_uniner.models.kernels.masked_attention`) where
+    the dtype allows."""
     if (
         attention_mask is not None
         and attention_mask.dtype == query.dtype
-        and query.shape[2] > 1
+        and query.shape[2] > _FOLD_TOKENS
         and query.device.type == "cpu"
         and query.dtype in onednn_dtypes()
         and kwargs.get("position_bias") is None
@@ -335,6 +335,14 @@ class SharedDecoder:
         logits = out.logits
         return logits if self._masked_keep else logits[keep]
 
+    def _attention_mask(self, mask: Any) -> Any:
+        """A boolean 4D mask as the forward takes it: additive on the CPU, where
+        SDPA would convert a boolean one in every layer (and oneDNN attention
+        takes only additive ones)."""
+        if mask.device.type != "cpu":
+            return mask
+        return additive_mask(mask, next(self.model.parameters()).dtype)
+
     # -- the loop --------------------------------------------------------------
 
     def _slabs(self, rows: int, columns: int) -> Tuple[List[Any], List[Any]]:
@@ -435,7 +443,7 @@ class SharedDecoder:
         positions = torch.tensor([[r.position] for r in self._rows], device=device)
         logits = self._forward(
             self._next[:n, None],
-            self._mask[:n, None, None, : col + 1],
+            self._attention_mask(self._mask[:n, None, None, : col + 1]),
             positions,
             slab_cache([k[:n] for k in self._keys], [v[:n] for v in self._values], col),
             torch.ones((n, 1), dtype=torch.bool, device=device),
@@ -470,7 +478,7 @@ class SharedDecoder:
         mask[:, 0, :, col:] = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         logits = self._forward(
             tokens,
-            mask,
+            self._attention_mask(mask),
             positions,
             slab_cache([k[:n] for k in self._keys], [v[:n] for v in self._values], col),
             keep,
@@ -634,10 +642,7 @@ class SharedDecoder:
                     )
                 )
                 at += t
-        mask = mask[:, None]
-        if self.onednn_attention:  # once for every layer's attention
-            mask = additive_mask(mask, next(self.model.parameters()).dtype)
-        logits = self._forward(ids, mask, positions, cache, keep)
+        logits = self._forward(ids, self._attention_mask(mask[:, None]), positions, cache, keep)
         for row, on in zip(rows, self._choose(rows, logits, first=True)):
             if on:
                 self._parked.append(row)

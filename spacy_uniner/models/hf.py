@@ -9,7 +9,7 @@ from ..parsing import STOP_MARKER, list_closed, list_repeats
 from ..prompts import SEP2, USER
 from ..registry import uniner_models
 from .base import Generation
-from .kernels import onednn_available, prepack_linears
+from .kernels import onednn_attention_faster, onednn_available, prepack_linears
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -106,6 +106,8 @@ class HFStudent:
         self.draft_tokens = draft_tokens
         self.num_parameters: Optional[int] = None  # known once loaded
         self.prepacked_layers = 0
+        # prefill attention on oneDNN (prepacked, and faster than SDPA here: timed at load)
+        self.onednn_attention = False
         self._empty_ids: Optional[List[int]] = None
         self._model: Any = None
         self._tokenizer: Any = None
@@ -123,7 +125,7 @@ class HFStudent:
         # A copy (e.g. for another process) loads the weights again: prepacked
         # oneDNN weights cannot be pickled, and a copy needs its own slabs.
         state = dict(self.__dict__)
-        state.update(_model=None, _workspace={}, prepacked_layers=0)
+        state.update(_model=None, _workspace={}, prepacked_layers=0, onednn_attention=False)
         return state
 
     @property
@@ -180,10 +182,29 @@ class HFStudent:
             if torch.device(device).type != "cpu":
                 raise ValueError(f"prepack = true is for the CPU; device 'auto' chose {device!r}")
             self.prepacked_layers = prepack_linears(model)
+            self.onednn_attention = self._time_attention(model)
         self._model = model
         _ = self.tokenizer
         logger.info("Loaded student %s on %s", source, device)
         return self
+
+    @staticmethod
+    def _time_attention(model: Any) -> bool:
+        """Whether the shared decoder's prefill attention should run on oneDNN
+        rather than SDPA here (:func:`~spacy_uniner.models.kernels.onednn_attention_faster`)."""
+        import torch
+
+        from .kernels import onednn_dtypes
+
+        param = next(model.parameters())
+        cfg = model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        if param.dtype not in onednn_dtypes() or heads % kv_heads:
+            return False
+        return onednn_attention_faster(heads, kv_heads, dim, param.dtype, torch.get_num_threads())
 
     @property
     def empty_list_ids(self) -> List[int]:
@@ -239,7 +260,7 @@ class HFStudent:
             empty_ids=self.empty_list_ids if self.empty_bias else (),
             empty_bias=self.empty_bias,
             workspace=self._workspace,
-            onednn_attention=self.prepacked_layers > 0,
+            onednn_attention=self.onednn_attention,
             draft_tokens=self.draft_tokens,
         )
         ids = [tok(p)["input_ids"] for p in prompts]
