@@ -19,13 +19,13 @@ Writes bench/results/prefix_sharing.json.
 """
 
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import typer
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "benchmarks" / "uniner" / "CrossNER_AI.json"
@@ -113,7 +113,8 @@ def main(
         "speedup_x": round(median["per_type"] / median["shared"], 2),
         "identical_answers": round(same["shared"] / total, 4),
         "identical_answers_by_way": {way: round(v / total, 4) for way, v in same.items()},
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "prefill_attention": "onednn" if student.onednn_attention else "sdpa",
+        "machine": machine_info(),
     }
     if ablation:
         result["speedup_continuous_batching_alone_x"] = round(

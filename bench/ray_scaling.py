@@ -26,13 +26,13 @@ Ray is timed two ways, both through ``ray_jobs.extract``'s own code path:
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import typer
+from machine import machine_info
 
 from spacy_uniner.extraction import ExtractPredictor
 
@@ -199,11 +199,7 @@ def main(
         },
         "speedup_x": round(one / warm, 2),
         "end_to_end_speedup_x": round(one / two, 2),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,13 +23,13 @@ are only worth it where the answers stay the same.
 """
 
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import typer
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "pile-ner" / "pile_ner_type_subset.jsonl"
@@ -164,6 +164,8 @@ def main(
         return {
             "variant": variant,
             "prepacked_layers": pipes[variant][1].model.prepacked_layers,
+            # the shared decoder's prefill attention (timed against SDPA at load)
+            "prefill_attention": "onednn" if pipes[variant][1].model.onednn_attention else "sdpa",
             "runs_s": [round(t, 3) for t in times[variant]],
             "median_s": round(median, 3),
             "passages_per_s": round(len(texts) / median, 4),
@@ -193,8 +195,7 @@ def main(
         "matmul_gflops_fp32_by_kernel": {k: round(v, 1) for k, v in kernels.items()},
         "roofline_passages_per_s": round(roofline, 4),
         "other_variants": [figures(d) for d in names[1:]],
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "torch": torch.__version__},
+        "machine": machine_info(),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
