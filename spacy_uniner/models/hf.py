@@ -48,10 +48,11 @@ class HFStudent:
 
     ``prepack`` runs the linear layers on oneDNN with their weights prepacked
     at load time (:mod:`~spacy_uniner.models.kernels`), and the shared
-    decoder's prefill attention on oneDNN too; ``None`` does so on the CPU
-    whenever this torch has oneDNN. fp32 linears otherwise go to MKL, which is
-    up to 3x slower on some CPUs (and so is torch's CPU attention, whose block
-    products go there too); the answers agree up to float summation order.
+    decoder's prefill attention on oneDNN too where that beats torch's SDPA on
+    this machine (timed once at load); ``None`` does so on the CPU whenever
+    this torch has oneDNN. fp32 linears otherwise go to MKL, which is up to 3x
+    slower on some CPUs (and so is SDPA there, whose block products go to MKL
+    too); the answers agree up to float summation order.
 
     ``draft_tokens`` (shared decoding only) lets each reply draft that many
     tokens per decode step from its own prompt and reply (answers copy the
