@@ -9,7 +9,7 @@ from ..parsing import STOP_MARKER, list_closed, list_repeats
 from ..prompts import SEP2, USER
 from ..registry import uniner_models
 from .base import Generation
-from .kernels import onednn_attention_faster, onednn_available, prepack_linears
+from .kernels import onednn_attention_faster, onednn_available, onednn_dtypes, prepack_linears
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -194,8 +194,6 @@ class HFStudent:
         """Whether the shared decoder's prefill attention should run on oneDNN
         rather than SDPA here (:func:`~spacy_uniner.models.kernels.onednn_attention_faster`)."""
         import torch
-
-        from .kernels import onednn_dtypes
 
         param = next(model.parameters())
         cfg = model.config
