@@ -70,6 +70,15 @@ class SlabLayer(DynamicLayer):
         return self.length
 
 
+def attention_shape(config: Any) -> Tuple[int, int, int, int]:
+    """A (text) model config's layers, query heads, key/value heads and head size."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return cfg.num_hidden_layers, heads, kv_heads, head_dim
+
+
 def slab_cache(keys: Sequence[Any], values: Sequence[Any], length: int) -> Cache:
     return Cache(layers=[SlabLayer(k, v, length) for k, v in zip(keys, values)])
 
@@ -282,13 +291,7 @@ class SharedDecoder:
         self.stats = {"steps": 0, "drafted": 0, "accepted": 0}
         self._masked_keep = _keeps_masked_logits(type(model))
         self._cache_kwarg = _cache_argument(type(model))
-        cfg = model.config
-        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        self.layers = text_cfg.num_hidden_layers
-        self.heads = getattr(text_cfg, "num_key_value_heads", None) or text_cfg.num_attention_heads
-        self.head_dim = getattr(text_cfg, "head_dim", None) or (
-            text_cfg.hidden_size // text_cfg.num_attention_heads
-        )
+        self.layers, _, self.heads, self.head_dim = attention_shape(model.config)
 
     def generate(
         self, prompts: Sequence[Tokens], groups: Sequence[Sequence[int]]

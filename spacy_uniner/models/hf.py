@@ -195,12 +195,10 @@ class HFStudent:
         rather than SDPA here (:func:`~spacy_uniner.models.kernels.onednn_attention_faster`)."""
         import torch
 
+        from .decoding import attention_shape
+
         param = next(model.parameters())
-        cfg = model.config
-        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        heads = cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        _, heads, kv_heads, dim = attention_shape(model.config)
         if param.dtype not in onednn_dtypes() or heads % kv_heads:
             return False
         return onednn_attention_faster(heads, kv_heads, dim, param.dtype, torch.get_num_threads())
