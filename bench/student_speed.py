@@ -15,11 +15,13 @@ Every variant in --variants is timed in the same run (alternating), and its
 replies are compared with the first one's: a dtype (float32, bfloat16), or a
 dtype with ``:noprepack`` for torch's default linear kernels instead of the
 oneDNN-prepacked ones (and SDPA's attention), or with ``:nodraft`` for one
-token per decode step (``draft_tokens = 0``). Lower precision or other kernels
-are only worth it where the answers stay the same.
+token per decode step (``draft_tokens = 0``), or with ``:int8`` for torch's
+dynamic int8 quantisation of every linear layer (``quantize_dynamic``: int8
+weights, activations quantised per call; over the unprepacked model). Lower
+precision or other kernels are only worth it where the answers stay the same.
 
     python bench/student_speed.py [--passages 8] [--model default]
-        [--variants float32,bfloat16,float32:noprepack,float32:nodraft]
+        [--variants float32,bfloat16,float32:noprepack,float32:nodraft,float32:int8]
 """
 
 import json
@@ -64,6 +66,19 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> Dict[str, f
     return out
 
 
+def quantize_int8(student: Any) -> None:
+    """Swap ``student``'s model (loaded, not prepacked) for torch's dynamically
+    quantised one: every ``nn.Linear`` (the tied LM head too) with int8 weights."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao
+        warnings.simplefilter("ignore")
+        student._model = quantize_dynamic(student._model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def main(
     passages: int = typer.Option(8, help="Passages per run."),
     runs: int = typer.Option(5, help="Timed runs (median reported) after one warm-up."),
@@ -72,10 +87,11 @@ def main(
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together."),
     variants: str = typer.Option(
-        "float32,bfloat16,float32:noprepack,float32:nodraft",
+        "float32,bfloat16,float32:noprepack,float32:nodraft,float32:int8",
         help="Students to time, comma-separated: a dtype, optionally with ':noprepack' (torch's "
-        "default linear and attention kernels) or ':nodraft' (no drafted tokens); the first is "
-        "the headline figure and the reference the others' answers are compared with.",
+        "default linear and attention kernels), ':nodraft' (no drafted tokens) or ':int8' "
+        "(dynamic int8 quantisation of the linear layers); the first is the headline figure "
+        "and the reference the others' answers are compared with.",
     ),
     output: Path = typer.Option(ROOT / "bench" / "results" / "student_speed.json"),
 ) -> None:
@@ -90,8 +106,12 @@ def main(
     pipes = {}
     for name in names:
         dtype, _, option = name.partition(":")
-        if option not in ("", "noprepack", "nodraft"):
+        if option not in ("", "noprepack", "nodraft", "int8"):
             raise typer.BadParameter(f"{name}: unknown option {option!r}", param_hint="--variants")
+        if option == "int8" and dtype != "float32":
+            raise typer.BadParameter(
+                f"{name}: int8 quantises a float32 model", param_hint="--variants"
+            )
         nlp = spacy.blank("en")
         pipe = nlp.add_pipe(
             "universal_ner",
@@ -100,12 +120,14 @@ def main(
                 "model": {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model,
                           "threads": threads, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "dtype": dtype,
-                          "prepack": False if option == "noprepack" else None,
+                          "prepack": False if option in ("noprepack", "int8") else None,
                           **({"draft_tokens": 0} if option == "nodraft" else {})},
                 "store_replies": True,
             },
         )
         pipe.initialize()
+        if option == "int8":
+            quantize_int8(pipe.model.load())
         pipes[name] = (nlp, pipe)
     pipe = pipes[names[0]][1]
     texts = []
