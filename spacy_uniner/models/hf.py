@@ -9,7 +9,13 @@ from ..parsing import STOP_MARKER, list_closed, list_repeats
 from ..prompts import SEP2, USER
 from ..registry import uniner_models
 from .base import Generation
-from .kernels import onednn_attention_faster, onednn_available, onednn_dtypes, prepack_linears
+from .kernels import (
+    onednn_attention_faster,
+    onednn_available,
+    onednn_dtypes,
+    prepack_linears,
+    retain_freed_memory,
+)
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -59,6 +65,11 @@ class HFStudent:
     passage) and checks them in the same step; a drafted token is kept only
     where the model chooses it itself. A decode step reads every weight
     whatever its few rows, so long answers take fewer steps.
+
+    ``retain_memory`` has glibc's malloc keep the memory a forward frees for
+    the next one (:func:`~spacy_uniner.models.kernels.retain_freed_memory`, a
+    process-wide setting) instead of mapping fresh pages for every large
+    activation; ``None`` does so on the CPU.
     """
 
     def __init__(
@@ -76,6 +87,7 @@ class HFStudent:
         empty_bias: Optional[float] = None,
         prepack: Optional[bool] = None,
         draft_tokens: int = 1,
+        retain_memory: Optional[bool] = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -105,6 +117,7 @@ class HFStudent:
             raise ValueError(f"prepack = true is for the CPU; this student runs on {device!r}")
         self.prepack = prepack
         self.draft_tokens = draft_tokens
+        self.retain_memory = retain_memory
         self.num_parameters: Optional[int] = None  # known once loaded
         self.prepacked_layers = 0
         # prefill attention on oneDNN (prepacked, and faster than SDPA here: timed at load)
@@ -119,7 +132,7 @@ class HFStudent:
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
             f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
             f"empty_bias={self.empty_bias!r}, prepack={self.prepack!r}, "
-            f"draft_tokens={self.draft_tokens!r})"
+            f"draft_tokens={self.draft_tokens!r}, retain_memory={self.retain_memory!r})"
         )
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -175,10 +188,13 @@ class HFStudent:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = model.to(device).eval()
+        on_cpu = torch.device(device).type == "cpu"
+        if self.retain_memory or (self.retain_memory is None and on_cpu):
+            retain_freed_memory()
         self.num_parameters = sum(p.numel() for p in model.parameters())
         prepack = self.prepack
         if prepack is None:
-            prepack = torch.device(device).type == "cpu" and onednn_available()
+            prepack = on_cpu and onednn_available()
         if prepack:
             if torch.device(device).type != "cpu":
                 raise ValueError(f"prepack = true is for the CPU; device 'auto' chose {device!r}")
@@ -419,6 +435,7 @@ def make_hf_student_v1(
     empty_bias: Optional[float] = None,
     prepack: Optional[bool] = None,
     draft_tokens: int = 1,
+    retain_memory: Optional[bool] = None,
 ) -> HFStudent:
     """An in-process Hugging Face student.
 
@@ -448,6 +465,9 @@ def make_hf_student_v1(
     draft_tokens (int): with prefix_sharing, tokens a reply may draft per
         decode step from its own prompt (prompt-lookup decoding; drafts the
         model would not choose are dropped, so answers stay greedy's); 0: off.
+    retain_memory (Optional[bool]): have glibc's malloc keep freed memory for
+        the next forward instead of faulting in fresh pages for every large
+        activation (process-wide); None: on the CPU.
     """
     return HFStudent(
         name,
@@ -462,4 +482,5 @@ def make_hf_student_v1(
         empty_bias=empty_bias,
         prepack=prepack,
         draft_tokens=draft_tokens,
+        retain_memory=retain_memory,
     )

@@ -353,6 +353,7 @@ def make_ray_student_v1(
     empty_bias: Optional[float] = None,
     prepack: Optional[bool] = None,
     draft_tokens: int = 1,
+    retain_memory: Optional[bool] = None,
     student: Optional[Student] = None,
     num_actors: int = 2,
     num_gpus: float = 0.0,
@@ -365,9 +366,9 @@ def make_ray_student_v1(
     """The student in a pool of Ray actors; the pipeline stays in this process.
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
-        adapter, prefix_sharing, empty_bias, prepack, draft_tokens: the settings of
-        ``spacy_uniner.HFStudent.v1``,
-        used by each actor (device "cuda" uses the actor's ``num_gpus``).
+        adapter, prefix_sharing, empty_bias, prepack, draft_tokens, retain_memory:
+        the settings of ``spacy_uniner.HFStudent.v1``, used by each actor (device
+        "cuda" uses the actor's ``num_gpus``).
     student (Optional[Student]): any other student block instead (e.g.
         ``test.ScriptedStudent.v1``); then the HF settings must stay at their
         defaults. It is built here (an HFStudent loads no weights until asked)
@@ -395,6 +396,7 @@ def make_ray_student_v1(
         "empty_bias": empty_bias,
         "prepack": prepack,
         "draft_tokens": draft_tokens,
+        "retain_memory": retain_memory,
     }
     if student is None:
         student = make_hf_student_v1(**hf)
