@@ -8,13 +8,16 @@ from spacy_uniner import prompts
 from spacy_uniner.models import decoding
 from spacy_uniner.models.decoding import SharedDecoder
 from spacy_uniner.models.hf import _group_by_prefix
+from spacy_uniner.models.kernels import onednn_available, prepack_linears
+from spacy_uniner.models.lean import LeanLlama
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
+@pytest.fixture(scope="module", params=["model", "lean"])
+def tiny(tiny_model_dir, request):
     """The tiny model with larger random weights: its greedy choices then turn
     on every position and mask detail (the default init gives near-uniform
-    logits that hide them)."""
+    logits that hide them). "model": the decoder runs the model's own forward;
+    "lean": the model is prepacked, and the decoder runs LeanLlama."""
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     generator = torch.Generator().manual_seed(0)
@@ -22,6 +25,11 @@ def tiny(tiny_model_dir):
         for param in model.parameters():
             if param.ndim == 2:
                 param.normal_(0.0, 0.5, generator=generator)
+    if request.param == "lean":
+        if not onednn_available():
+            pytest.skip("torch built without oneDNN")
+        prepack_linears(model)
+    assert LeanLlama.supports(model) is (request.param == "lean")
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
@@ -64,11 +72,16 @@ def _prompts(tok):
     return ps, [tok(p)["input_ids"] for p in ps]
 
 
+@pytest.mark.parametrize("queries_only", [False, True])
 @pytest.mark.parametrize("draft_tokens", [0, 2])
 @pytest.mark.parametrize("slots", [1, 3, 16])
-def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, draft_tokens, monkeypatch):
+def test_shared_decoder_equals_per_prompt_greedy(
+    tiny, slots, draft_tokens, queries_only, monkeypatch
+):
     model, tok = tiny
     ps, ids = _prompts(tok)
+    if queries_only:  # all prompts start with the system text: its keys/values are shared
+        ps, ids = ps[:-2], ids[:-2]
     compactions = []
     original = SharedDecoder._compact
     monkeypatch.setattr(
@@ -91,6 +104,13 @@ def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, draft_tokens, monk
     # 2 spare columns: the slab is compacted (and grown) along the way, answers unchanged
     assert bool(compactions) == (slots < 16)
     assert (decoder.stats["drafted"] > 0) == (draft_tokens > 0)
+    common = decoder._common
+    if queries_only:
+        assert len(common.tokens) >= 8 and all(tuple(x[: len(common.tokens)]) == common.tokens
+                                               for x in ids)
+        assert tok.decode(list(common.tokens)).startswith("A virtual assistant")
+    else:
+        assert common is None
 
 
 def test_logprobs_match_the_model(tiny):
@@ -203,3 +223,38 @@ def test_drafts_keep_only_the_models_own_tokens(tiny, monkeypatch):
     stats = drafted.stats
     assert 0 < stats["accepted"] < stats["drafted"]
     assert stats["steps"] < plain.stats["steps"]
+
+
+def test_the_common_prefix_is_kept_between_calls_and_recomputed_when_it_changes(tiny):
+    model, tok = tiny
+    ps, ids = _prompts(tok)
+    ids = ids[:-2]  # UniNER queries only
+    workspace = {}
+    kwargs = dict(
+        slots=4,
+        max_new_tokens=4,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        finished=lambda reply: False,
+        workspace=workspace,
+    )
+    groups = list(_group_by_prefix(ps[:-2]).values())
+    first = SharedDecoder(model, **kwargs).generate(ids, groups)
+    held = workspace["common"]
+    # one passage's queries alone: the held prefix still fits and is reused
+    alone = SharedDecoder(model, **kwargs)
+    one = alone.generate([ids[i] for i in groups[0]], [list(range(len(groups[0])))])
+    assert alone._common is held
+    for (reply, logprobs), i in zip(one, groups[0]):
+        assert reply == first[i][0] and logprobs == pytest.approx(first[i][1], abs=1e-4)
+    # other prompts: none of them starts with the held prefix; recomputed for theirs
+    other = [[7, 7, 7] + x for x in ids]
+    again = SharedDecoder(model, **kwargs)
+    again.generate(other, groups)
+    assert again._common is not held and again._common.tokens[:3] == (7, 7, 7)
+    assert workspace["common"] is again._common
+    # a single group with nothing held computes no common prefix
+    workspace.clear()
+    single = SharedDecoder(model, **kwargs)
+    single.generate([ids[i] for i in groups[0]], [list(range(len(groups[0])))])
+    assert single._common is None and "common" not in workspace

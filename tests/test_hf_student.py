@@ -114,24 +114,39 @@ def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir, monkeypatch):
     plain = HFStudent(
         str(tiny_model_dir), max_new_tokens=8, batch_size=4, threads=1, prefix_sharing=False
     )
-    from transformers.cache_utils import DynamicCache
-
     from spacy_uniner.models.decoding import SharedDecoder
 
     packed = []  # (rows, tokens) of each admission forward (decode steps use the slab)
+    common = []  # tokens of the forward computing the prefix all prompts share
     original = SharedDecoder._forward
-    monkeypatch.setattr(
-        SharedDecoder, "_forward",
-        lambda self, ids, mask, positions, cache, keep: (
-            type(cache) is DynamicCache and packed.append(tuple(ids.shape))
-        ) or original(self, ids, mask, positions, cache, keep),
-    )
+    original_common = SharedDecoder._common_prefix
+
+    def forward(self, ids, mask, positions, cache, keep, prefix=None):
+        if prefix is not None:
+            packed.append(tuple(ids.shape))
+        return original(self, ids, mask, positions, cache, keep, prefix)
+
+    def common_prefix(self, work):
+        found = original_common(self, work)
+        common.append(None if found is None else found.tokens)
+        return found
+
+    monkeypatch.setattr(SharedDecoder, "_forward", forward)
+    monkeypatch.setattr(SharedDecoder, "_common_prefix", common_prefix)
     a, b = shared.generate(ps), plain.generate(ps)
     # every passage (and the free-text prompt) is one packed row, admitted once
     # (batch_size 4 < 7 types: the batch widens to a whole passage)
     assert sum(rows for rows, _ in packed) == len(texts) + 1
     ids = [shared.tokenizer(p)["input_ids"] for p in ps]
     assert sum(r * t for r, t in packed) < sum(map(len, ids)) / 2
+    # "A virtual assistant ... Text:" starts every UniNER query, but not the free
+    # text prompt: nothing is common to all, nothing is cached
+    assert common == [None]
+    common.clear()
+    c = shared.generate(ps[:-1])
+    assert common and common[0] == tuple(ids[0][: len(common[0])])
+    assert shared.tokenizer.decode(list(common[0])).startswith("A virtual assistant answers")
+    assert [g.text for g in c] == [g.text for g in a[:-1]]
     assert [g.text for g in a] == [g.text for g in b]
     for x, y in zip(a, b):
         assert x.token_offsets == y.token_offsets
@@ -186,3 +201,41 @@ def test_ray_chunks_keep_a_passage_together():
     for start, end in chunk_bounds(ps, 1):
         keys = {p[: p.rfind("USER: ")] for p in ps[start:end] if "USER: " in p}
         assert len(keys) <= 1
+
+
+@pytest.mark.parametrize("retain_memory, calls", [(None, 1), (False, 0), (True, 1)])
+def test_the_student_keeps_freed_memory_on_the_cpu(tiny_model_dir, monkeypatch, retain_memory,
+                                                   calls):
+    from spacy_uniner.models import hf
+
+    seen = []
+    monkeypatch.setattr(hf, "retain_freed_memory", lambda: seen.append(1) or True)
+    student = HFStudent(str(tiny_model_dir), threads=1, retain_memory=retain_memory).load()
+    assert len(seen) == calls
+    assert f"retain_memory={retain_memory!r}" in repr(student)
+
+
+def test_retain_freed_memory_sets_glibc_malloc_once(monkeypatch):
+    import ctypes
+    import platform
+
+    from spacy_uniner.models import kernels
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    calls = []
+
+    class LibC:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    kernels.retain_freed_memory.cache_clear()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: LibC())
+    try:
+        assert kernels.retain_freed_memory() is True
+        assert kernels.retain_freed_memory() is True  # once per process
+        # the heap serves blocks up to 32 MB and is not trimmed below 1 GB free
+        assert dict(calls) == {-3: 32 << 20, -1: 1 << 30, -2: 64 << 20}
+    finally:
+        kernels.retain_freed_memory.cache_clear()

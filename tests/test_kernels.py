@@ -117,13 +117,26 @@ def test_masked_attention_equals_sdpa(dtype, batch_mask):
 def test_the_prefill_attention_runs_on_onednn_only_when_prepacked_and_faster(
     tiny_model_dir, monkeypatch, faster
 ):
-    from spacy_uniner.models import decoding, hf
+    from spacy_uniner.models import decoding, hf, lean
 
-    calls = []
+    calls = []  # per oneDNN attention call: whether it ran inside a decode step
+    stepping = []
     real = decoding.masked_attention
-    monkeypatch.setattr(
-        decoding, "masked_attention", lambda *a: calls.append(a[0].shape) or real(*a)
-    )
+    for module in (decoding, lean):  # the model's own forward, and LeanLlama
+        monkeypatch.setattr(
+            module, "masked_attention", lambda *a: calls.append(bool(stepping)) or real(*a)
+        )
+    for name in ("_step", "_step_drafted"):
+        step = getattr(decoding.SharedDecoder, name)
+
+        def in_step(self, *args, _step=step):
+            stepping.append(True)
+            try:
+                return _step(self, *args)
+            finally:
+                stepping.pop()
+
+        monkeypatch.setattr(decoding.SharedDecoder, name, in_step)
     timed = []
     monkeypatch.setattr(hf, "onednn_attention_faster", lambda *a: timed.append(a) or faster)
     packed = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1)
@@ -134,8 +147,8 @@ def test_the_prefill_attention_runs_on_onednn_only_when_prepacked_and_faster(
                       cfg.hidden_size // cfg.num_attention_heads, packed._model.dtype, 1)]
     assert packed.onednn_attention is faster
     if faster:
-        assert calls and len(calls) % cfg.num_hidden_layers == 0  # every layer of every admission
-        assert all(shape[2] > 1 + packed.draft_tokens for shape in calls)  # never a decode step
+        # every layer of every admission (at least), never a decode step
+        assert len(calls) >= cfg.num_hidden_layers and not any(calls)
     else:
         assert not calls
     calls.clear()

@@ -8,7 +8,9 @@ answers are a few tokens long. This decoder
   a tail is a question's own last turn), each tail masked to see only the
   prefix and itself and positioned right after the prefix; the last position
   of each tail gives that question's first answer token. Several passages go
-  in one padded forward;
+  in one padded forward; the leading tokens every passage shares (the system
+  text) are computed once and their keys/values reused, and the passage
+  tokens' attention leaves out the tails' columns (:func:`split_prefill`);
 - gives every question still answering a row on a preallocated key/value slab
   (its prefix's and own tail's keys/values, gathered from the admission
   forward), and decodes all rows one token per step, each step writing one
@@ -28,6 +30,7 @@ equal per-prompt ``generate`` up to floating-point summation order.
 
 from collections import deque
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
@@ -86,6 +89,43 @@ def slab_cache(keys: Sequence[Any], values: Sequence[Any], length: int) -> Cache
 ATTENTION = "uniner_sdpa"
 _FOLD_TOKENS = 16  # query tokens per row up to which grouped heads are folded
 
+# During an admission forward: how many leading query tokens of each row are
+# prefix (the rest are question tails), see split_prefill().
+_PREFILL_SPLIT: ContextVar[Optional[int]] = ContextVar("uniner_prefill_split", default=None)
+
+
+def split_prefill(
+    attend: Callable[[Any, Any, Any, Any], Any],
+    query: Any,
+    key: Any,
+    value: Any,
+    mask: Any,
+    prefix: int,
+    token_dim: int,
+) -> Any:
+    """The attention of a packed admission, in two calls: the ``prefix``
+    leading query tokens of each row (a passage prefix, right-padded) see only
+    the key columns up to the prefix's end, the question tails after them see
+    every column. The mask already keeps each part to what it may see, so the
+    result equals one call over all keys; the prefix part just skips the tail
+    columns, about a fifth of the work. ``attend(query, key, value, mask)``
+    runs one part; query ``(batch, heads, q_len, dim)``, keys/values
+    ``(batch, kv_heads, kv_len, dim)`` with the queries' own columns last,
+    mask additive ``(batch, 1, q_len, kv_len)``. The parts' outputs are joined
+    along ``token_dim``."""
+    import torch
+
+    q_len = query.shape[2]
+    if not 0 < prefix < q_len:
+        return attend(query, key, value, mask)
+    # the prefix's last column: the key columns before the queries' own, plus the prefix
+    end = key.shape[2] - q_len + prefix
+    head = attend(
+        query[:, :, :prefix], key[:, :, :end], value[:, :, :end], mask[:, :, :prefix, :end]
+    )
+    tail = attend(query[:, :, prefix:], key, value, mask[:, :, prefix:])
+    return torch.cat([head, tail], dim=token_dim)
+
 
 def _gqa_sdpa_forward(
     module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
@@ -102,6 +142,24 @@ def _gqa_sdpa_forward(
 
     groups = getattr(module, "num_key_value_groups", 1)
     q_len = query.shape[2]
+    split = _PREFILL_SPLIT.get()
+    if (
+        split is not None
+        and attention_mask is not None
+        and q_len > _FOLD_TOKENS
+        and kwargs.get("position_bias") is None
+        and kwargs.get("softcap") is None
+        and not kwargs.get("dropout")
+    ):
+        scale = kwargs.get("scaling")
+
+        def attend(q: Any, k: Any, v: Any, m: Any) -> Any:
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=m, scale=scale, enable_gqa=groups > 1
+            )
+
+        out = split_prefill(attend, query, key, value, attention_mask, split, token_dim=2)
+        return out.transpose(1, 2).contiguous(), None
     if (
         groups > 1
         and attention_mask is not None
@@ -156,7 +214,14 @@ def _onednn_forward(
     ):
         scaling = kwargs.get("scaling")
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        return masked_attention(query, key, value, attention_mask, scale), None
+
+        def attend(q: Any, k: Any, v: Any, m: Any) -> Any:
+            return masked_attention(q, k, v, m, scale)
+
+        split = _PREFILL_SPLIT.get()
+        if split is None:
+            return attend(query, key, value, attention_mask), None
+        return split_prefill(attend, query, key, value, attention_mask, split, token_dim=1), None
     return _gqa_sdpa_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -222,6 +287,20 @@ class _Group:
 
 
 @dataclass
+class _Common:
+    """Keys/values of the leading tokens every prompt shares (the system text
+    of the UniNER conversation): computed once, kept in the workspace."""
+
+    model: int  # id() of the model they came from
+    tokens: Tuple[int, ...]
+    keys: List[Any]  # per layer (1, kv_heads, len(tokens), head_dim)
+    values: List[Any]
+
+
+_MIN_COMMON = 8  # shared leading tokens worth caching across passages
+
+
+@dataclass
 class _Row:
     prompt: int
     position: int  # position id of the last token fed
@@ -243,12 +322,17 @@ class SharedDecoder:
     forward (one group is always admitted). The slab has room for the widest
     prompt, ``max_new_tokens`` and ``spare_columns`` (default: the widest
     prompt, at least 64) before it is compacted. ``workspace`` (a dict) keeps
-    the key/value slab between calls. ``draft_tokens`` (0: off) is how many
-    tokens a row may draft per step (:func:`lookup_draft`); greedy answers stay
-    those of one token per step. ``onednn_attention`` runs the attention of
+    the key/value slabs between calls, and the keys/values of the leading
+    tokens all prompts share (at least 8, e.g. the system text every passage
+    starts with), so those are computed once, not once per passage.
+    ``draft_tokens`` (0: off) is how many tokens a row may draft per step
+    (:func:`lookup_draft`); greedy answers stay those of one token per step. ``onednn_attention`` runs the attention of
     the admission forwards on oneDNN (CPU, fp32 or bf16 where the CPU has it;
     :func:`~spacy_uniner.models.kernels.masked_attention`); decode steps stay
-    on SDPA.
+    on SDPA. ``lean_forward`` runs the forwards through
+    :class:`~spacy_uniner.models.lean.LeanLlama` where the model is one it
+    supports (a prepacked Llama on the CPU); otherwise through the model's own
+    forward.
     """
 
     def __init__(
@@ -267,6 +351,7 @@ class SharedDecoder:
         workspace: Optional[dict] = None,
         onednn_attention: bool = False,
         draft_tokens: int = 0,
+        lean_forward: bool = True,
     ) -> None:
         if slots < 1 or max_new_tokens < 1:
             raise ValueError(
@@ -292,6 +377,12 @@ class SharedDecoder:
         self._masked_keep = _keeps_masked_logits(type(model))
         self._cache_kwarg = _cache_argument(type(model))
         self.layers, _, self.heads, self.head_dim = attention_shape(model.config)
+        self._lean = None
+        if lean_forward:
+            from .lean import LeanLlama
+
+            if LeanLlama.supports(model):
+                self._lean = LeanLlama(model, onednn_attention=onednn_attention)
 
     def generate(
         self, prompts: Sequence[Tokens], groups: Sequence[Sequence[int]]
@@ -320,13 +411,78 @@ class SharedDecoder:
         self._widest = max((len(g.prefix) + max(map(len, g.tails)) for g in work), default=1)
         self._out: List[Optional[Tuple[Tokens, List[float]]]] = [None] * len(prompts)
         with torch.inference_mode(), _attention(self.model, self.onednn_attention):
+            self._common = self._common_prefix(work)
             self._run()
         return self._out  # type: ignore[return-value]
 
-    def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Cache, keep: Any) -> Any:
+    def _common_prefix(self, work: Sequence[_Group]) -> Optional[_Common]:
+        """The keys/values of the leading tokens every group's prefix starts
+        with: those kept from an earlier call where they still fit, else
+        computed now where at least two groups share ``_MIN_COMMON`` tokens."""
+        import torch
+
+        if not work:
+            return None
+        prefixes = [g.prefix for g in work]
+        held = self._workspace.get("common")
+        if held is not None and held.model == id(self.model):
+            n = len(held.tokens)
+            if all(len(p) >= n and tuple(p[:n]) == held.tokens for p in prefixes):
+                return held
+        if len(work) < 2:
+            return None
+        n = common_prefix_len(prefixes)
+        if n < _MIN_COMMON:
+            return None
+        tokens = prefixes[0][:n]
+        device = next(self.model.parameters()).device
+        keys, values = self._slabs("common-tmp", 1, n)
+        cache = slab_cache(keys, values, 0)
+        causal = torch.ones((n, n), dtype=torch.bool, device=device).tril()
+        keep = torch.zeros((1, n), dtype=torch.bool, device=device)
+        keep[0, -1] = True
+        self._forward(
+            torch.tensor([tokens], device=device),
+            self._attention_mask(causal[None, None]),
+            torch.arange(n, device=device)[None],
+            cache,
+            keep,
+        )
+        self._workspace.pop("common-tmp", None)
+        common = _Common(
+            id(self.model),
+            tuple(tokens),
+            [k.clone() for k in keys],
+            [v.clone() for v in values],
+        )
+        self._workspace["common"] = common
+        return common
+
+    def _forward(
+        self,
+        input_ids: Any,
+        mask: Any,
+        positions: Any,
+        cache: Cache,
+        keep: Any,
+        prefix: Optional[int] = None,
+    ) -> Any:
         """Logits ``(n, vocab)`` at the ``keep`` positions (a boolean
         ``(rows, tokens)`` tensor), in row-major order. ``mask`` is a 4D
-        attention mask: boolean (True: attend) or additive."""
+        attention mask: boolean (True: attend) or additive. ``prefix``: in an
+        admission, how many leading tokens of each row are its (right-padded)
+        passage prefix (see :func:`split_prefill`)."""
+        if self._lean is not None:
+            return self._lean(input_ids, mask, positions, cache, keep, prefix)
+        token = _PREFILL_SPLIT.set(prefix)
+        try:
+            return self._model_forward(input_ids, mask, positions, cache, keep)
+        finally:
+            _PREFILL_SPLIT.reset(token)
+
+    def _model_forward(
+        self, input_ids: Any, mask: Any, positions: Any, cache: Cache, keep: Any
+    ) -> Any:
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -348,14 +504,14 @@ class SharedDecoder:
 
     # -- the loop --------------------------------------------------------------
 
-    def _slabs(self, rows: int, columns: int) -> Tuple[List[Any], List[Any]]:
+    def _slabs(self, name: str, rows: int, columns: int) -> Tuple[List[Any], List[Any]]:
         """Per-layer key and value slabs of at least ``rows x columns``, kept
-        between calls (fresh memory costs page faults on every touch). Their
-        contents are finite (zeros, or earlier keys/values) and only ever read
-        where the mask allows."""
+        between calls under ``name`` (fresh memory costs page faults on every
+        touch). Their contents are finite (zeros, or earlier keys/values) and
+        only ever read where the mask allows."""
         import torch
 
-        held = self._workspace.get("main")
+        held = self._workspace.get(name)
         param = next(self.model.parameters())
         if held is not None:
             slab = held[0][0]
@@ -381,7 +537,7 @@ class SharedDecoder:
                     for _ in range(self.layers)
                 ],
             )
-            self._workspace["main"] = held
+            self._workspace[name] = held
         return (
             [k[:rows, :, :columns] for k in held[0]],
             [v[:rows, :, :columns] for v in held[1]],
@@ -390,7 +546,7 @@ class SharedDecoder:
     def _allocate(self, rows: int, columns: int) -> None:
         import torch
 
-        self._keys, self._values = self._slabs(rows, columns)
+        self._keys, self._values = self._slabs("main", rows, columns)
         self._mask = torch.zeros((rows, columns), dtype=torch.bool, device=self._keys[0].device)
 
     def _run(self) -> None:
@@ -598,7 +754,12 @@ class SharedDecoder:
     def _admit(self) -> None:
         """Prefill waiting groups (whole groups, in order, up to
         ``prefill_tokens``) in one packed forward and take every prompt's
-        first token; prompts that go on wait (parked) for a slab row."""
+        first token; prompts that go on wait (parked) for a slab row.
+
+        Row ``b`` of the forward holds group ``b``: its prefix after the common
+        tokens (whose keys/values come from :meth:`_common_prefix`), padding up
+        to the widest prefix, then every prompt's own tail. Its cache columns
+        are the common tokens, then those tokens in order."""
         import torch
 
         taken: List[_Group] = []
@@ -612,40 +773,50 @@ class SharedDecoder:
             taken.append(self._pending.popleft())
             width_p, width_t = wp, wt
         device = self._mask.device
-        total = width_p + width_t
+        common = self._common
+        s = len(common.tokens) if common is not None else 0
+        total = width_p - s + width_t  # tokens fed per row
         n = len(taken)
+        keys, values = self._slabs("admit", n, s + total)
+        if common is not None:
+            for slab, held in zip(keys + values, common.keys + common.values):
+                slab[:, :, :s] = held
+        cache = slab_cache(keys, values, s)
         ids = torch.full((n, total), self.pad, dtype=torch.long, device=device)
         positions = torch.zeros((n, total), dtype=torch.long, device=device)
         # Padding attends to itself only (no empty softmax); nothing attends to it.
-        mask = torch.eye(total, dtype=torch.bool, device=device).repeat(n, 1, 1)
+        mask = torch.zeros((n, total, s + total), dtype=torch.bool, device=device)
+        mask[:, :, s:] = torch.eye(total, dtype=torch.bool, device=device)
         keep = torch.zeros((n, total), dtype=torch.bool, device=device)
-        cache = DynamicCache()
         rows: List[_Row] = []
         for b, group in enumerate(taken):
             p = len(group.prefix)
-            lo = width_p - p
-            prefix_cols = list(range(lo, width_p))
-            if p:
-                ids[b, lo:width_p] = torch.tensor(group.prefix, device=device)
-                positions[b, lo:width_p] = torch.arange(p, device=device)
-                mask[b, lo:width_p, lo:width_p] = torch.ones(p, p, device=device).tril().bool()
-            at = width_p
+            if p > s:
+                ids[b, : p - s] = torch.tensor(group.prefix[s:], device=device)
+                positions[b, : p - s] = torch.arange(s, p, device=device)
+                # token i (column s + i) sees the common tokens and the prefix up to itself
+                mask[b, : p - s, :p] = torch.ones(p - s, p, device=device).tril(s).bool()
+            at = width_p - s  # fed index of the first tail; its column is s + at
             for member, tail in zip(group.members, group.tails):
                 t = len(tail)
                 ids[b, at : at + t] = torch.tensor(tail, device=device)
                 positions[b, at : at + t] = torch.arange(p, p + t, device=device)
-                mask[b, at : at + t, lo:width_p] = True
-                mask[b, at : at + t, at : at + t] = torch.ones(t, t, device=device).tril().bool()
+                mask[b, at : at + t, :p] = True
+                mask[b, at : at + t, s + at : s + at + t] = (
+                    torch.ones(t, t, device=device).tril().bool()
+                )
                 keep[b, at + t - 1] = True
                 rows.append(
                     _Row(
                         prompt=member,
                         position=p + t - 1,
-                        source=(cache, b, prefix_cols + list(range(at, at + t))),
+                        source=(cache, b, list(range(p)) + list(range(s + at, s + at + t))),
                     )
                 )
                 at += t
-        logits = self._forward(ids, self._attention_mask(mask[:, None]), positions, cache, keep)
+        logits = self._forward(
+            ids, self._attention_mask(mask[:, None]), positions, cache, keep, prefix=width_p - s
+        )
         for row, on in zip(rows, self._choose(rows, logits, first=True)):
             if on:
                 self._parked.append(row)
