@@ -239,3 +239,31 @@ def test_retain_freed_memory_sets_glibc_malloc_once(monkeypatch):
         assert dict(calls) == {-3: 32 << 20, -1: 1 << 30, -2: 64 << 20}
     finally:
         kernels.retain_freed_memory.cache_clear()
+
+
+@pytest.mark.parametrize("lean_forward, common_prefix", [(True, True), (False, False),
+                                                         (True, False), (False, True)])
+def test_lean_forward_and_common_prefix_leave_the_answers(tiny_model_dir, monkeypatch,
+                                                          lean_forward, common_prefix):
+    from spacy_uniner.models import decoding
+    from spacy_uniner.models.kernels import onednn_available
+
+    commons = []
+    original = decoding.SharedDecoder._common_prefix
+    monkeypatch.setattr(
+        decoding.SharedDecoder, "_common_prefix",
+        lambda self, work: commons.append(original(self, work)) or commons[-1],
+    )
+    ps = [prompts.render_query(t, label) for t in ["Ada met Charles in London.", "Short."]
+          for label in ["person", "location", "date"]]
+    student = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1,
+                        lean_forward=lean_forward, common_prefix=common_prefix)
+    plain = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1, prefix_sharing=False)
+    a, b = student.generate(ps), plain.generate(ps)
+    assert [g.text for g in a] == [g.text for g in b]
+    for x, y in zip(a, b):
+        assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)
+    assert student.runs_lean_forward is (lean_forward and onednn_available())
+    assert not plain.runs_lean_forward
+    assert (commons[0] is not None) is common_prefix
+    assert f"lean_forward={lean_forward!r}, common_prefix={common_prefix!r}" in repr(student)

@@ -322,9 +322,10 @@ class SharedDecoder:
     forward (one group is always admitted). The slab has room for the widest
     prompt, ``max_new_tokens`` and ``spare_columns`` (default: the widest
     prompt, at least 64) before it is compacted. ``workspace`` (a dict) keeps
-    the key/value slabs between calls, and the keys/values of the leading
-    tokens all prompts share (at least 8, e.g. the system text every passage
-    starts with), so those are computed once, not once per passage.
+    the key/value slabs between calls; with ``common_prefix``, also the
+    keys/values of the leading tokens all prompts share (at least 8, e.g. the
+    system text every passage starts with), so those are computed once, not
+    once per passage.
     ``draft_tokens`` (0: off) is how many tokens a row may draft per step
     (:func:`lookup_draft`); greedy answers stay those of one token per step. ``onednn_attention`` runs the attention of
     the admission forwards on oneDNN (CPU, fp32 or bf16 where the CPU has it;
@@ -346,12 +347,13 @@ class SharedDecoder:
         finished: Callable[[Tokens], bool],
         empty_ids: Sequence[int] = (),
         empty_bias: float = 0.0,
-        prefill_tokens: int = 2048,
+        prefill_tokens: int = 4096,
         spare_columns: Optional[int] = None,
         workspace: Optional[dict] = None,
         onednn_attention: bool = False,
         draft_tokens: int = 0,
         lean_forward: bool = True,
+        common_prefix: bool = True,
     ) -> None:
         if slots < 1 or max_new_tokens < 1:
             raise ValueError(
@@ -372,6 +374,7 @@ class SharedDecoder:
         self._workspace = {} if workspace is None else workspace
         self.onednn_attention = onednn_attention
         self.draft_tokens = draft_tokens
+        self.common_prefix = common_prefix
         # decode steps run, tokens drafted, drafted tokens kept (all calls)
         self.stats = {"steps": 0, "drafted": 0, "accepted": 0}
         self._masked_keep = _keeps_masked_logits(type(model))
@@ -421,7 +424,7 @@ class SharedDecoder:
         computed now where at least two groups share ``_MIN_COMMON`` tokens."""
         import torch
 
-        if not work:
+        if not work or not self.common_prefix:
             return None
         prefixes = [g.prefix for g in work]
         held = self._workspace.get("common")

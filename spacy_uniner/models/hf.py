@@ -66,6 +66,14 @@ class HFStudent:
     where the model chooses it itself. A decode step reads every weight
     whatever its few rows, so long answers take fewer steps.
 
+    ``lean_forward`` runs a prepacked Llama student through
+    :class:`~spacy_uniner.models.lean.LeanLlama` (only the positions read at
+    the last layer, residuals added inside the products) rather than the
+    model's own forward; ``common_prefix`` computes the keys/values of the
+    text every prompt starts with (the system text) once and reuses them for
+    every passage. Both leave the answers as they are, up to float summation
+    order.
+
     ``retain_memory`` has glibc's malloc keep the memory a forward frees for
     the next one (:func:`~spacy_uniner.models.kernels.retain_freed_memory`, a
     process-wide setting) instead of mapping fresh pages for every large
@@ -88,6 +96,8 @@ class HFStudent:
         prepack: Optional[bool] = None,
         draft_tokens: int = 1,
         retain_memory: Optional[bool] = None,
+        lean_forward: bool = True,
+        common_prefix: bool = True,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -118,6 +128,8 @@ class HFStudent:
         self.prepack = prepack
         self.draft_tokens = draft_tokens
         self.retain_memory = retain_memory
+        self.lean_forward = lean_forward
+        self.common_prefix = common_prefix
         self.num_parameters: Optional[int] = None  # known once loaded
         self.prepacked_layers = 0
         # prefill attention on oneDNN (prepacked, and faster than SDPA here: timed at load)
@@ -132,7 +144,8 @@ class HFStudent:
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
             f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
             f"empty_bias={self.empty_bias!r}, prepack={self.prepack!r}, "
-            f"draft_tokens={self.draft_tokens!r}, retain_memory={self.retain_memory!r})"
+            f"draft_tokens={self.draft_tokens!r}, retain_memory={self.retain_memory!r}, "
+            f"lean_forward={self.lean_forward!r}, common_prefix={self.common_prefix!r})"
         )
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -141,6 +154,19 @@ class HFStudent:
         state = dict(self.__dict__)
         state.update(_model=None, _workspace={}, prepacked_layers=0, onednn_attention=False)
         return state
+
+    @property
+    def runs_lean_forward(self) -> bool:
+        """Whether the shared decoder runs this (loaded) student through
+        :class:`~spacy_uniner.models.lean.LeanLlama`."""
+        from .lean import LeanLlama
+
+        return (
+            self.prefix_sharing
+            and self.lean_forward
+            and self._model is not None
+            and LeanLlama.supports(self._model)
+        )
 
     @property
     def path(self) -> str:
@@ -275,6 +301,8 @@ class HFStudent:
             workspace=self._workspace,
             onednn_attention=self.onednn_attention,
             draft_tokens=self.draft_tokens,
+            lean_forward=self.lean_forward,
+            common_prefix=self.common_prefix,
         )
         ids = [tok(p)["input_ids"] for p in prompts]
         groups = (
@@ -436,6 +464,8 @@ def make_hf_student_v1(
     prepack: Optional[bool] = None,
     draft_tokens: int = 1,
     retain_memory: Optional[bool] = None,
+    lean_forward: bool = True,
+    common_prefix: bool = True,
 ) -> HFStudent:
     """An in-process Hugging Face student.
 
@@ -468,6 +498,13 @@ def make_hf_student_v1(
     retain_memory (Optional[bool]): have glibc's malloc keep freed memory for
         the next forward instead of faulting in fresh pages for every large
         activation (process-wide); None: on the CPU.
+    lean_forward (bool): with prefix_sharing, run a prepacked Llama student
+        (the default one, UniNER-7B) through a lean forward of its own
+        (the last layer only where a next token is read, residuals added
+        inside the products) instead of the model's forward.
+    common_prefix (bool): with prefix_sharing, compute the keys/values of the
+        text every prompt starts with (the system text) once, not once per
+        passage.
     """
     return HFStudent(
         name,
@@ -483,4 +520,6 @@ def make_hf_student_v1(
         prepack=prepack,
         draft_tokens=draft_tokens,
         retain_memory=retain_memory,
+        lean_forward=lean_forward,
+        common_prefix=common_prefix,
     )

@@ -354,6 +354,8 @@ def make_ray_student_v1(
     prepack: Optional[bool] = None,
     draft_tokens: int = 1,
     retain_memory: Optional[bool] = None,
+    lean_forward: bool = True,
+    common_prefix: bool = True,
     student: Optional[Student] = None,
     num_actors: int = 2,
     num_gpus: float = 0.0,
@@ -366,8 +368,8 @@ def make_ray_student_v1(
     """The student in a pool of Ray actors; the pipeline stays in this process.
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
-        adapter, prefix_sharing, empty_bias, prepack, draft_tokens, retain_memory:
-        the settings of ``spacy_uniner.HFStudent.v1``, used by each actor (device
+        adapter, prefix_sharing, empty_bias, prepack, draft_tokens, retain_memory,
+        lean_forward, common_prefix: the settings of ``spacy_uniner.HFStudent.v1``, used by each actor (device
         "cuda" uses the actor's ``num_gpus``).
     student (Optional[Student]): any other student block instead (e.g.
         ``test.ScriptedStudent.v1``); then the HF settings must stay at their
@@ -397,6 +399,8 @@ def make_ray_student_v1(
         "prepack": prepack,
         "draft_tokens": draft_tokens,
         "retain_memory": retain_memory,
+        "lean_forward": lean_forward,
+        "common_prefix": common_prefix,
     }
     if student is None:
         student = make_hf_student_v1(**hf)
