@@ -15,13 +15,27 @@ Every variant in --variants is timed in the same run (alternating), and its
 replies are compared with the first one's: a dtype (float32, bfloat16), or a
 dtype with ``:noprepack`` for torch's default linear kernels instead of the
 oneDNN-prepacked ones (and SDPA's attention), or with ``:nodraft`` for one
-token per decode step (``draft_tokens = 0``), or with ``:int8`` for torch's
-dynamic int8 quantisation of every linear layer (``quantize_dynamic``: int8
-weights, activations quantised per call; over the unprepacked model). Lower
-precision or other kernels are only worth it where the answers stay the same.
+token per decode step (``draft_tokens = 0``), ``:nolean`` for the model's own
+forward instead of the decoder's lean one (``lean_forward = false``),
+``:nocommon`` for the system text prefilled with every passage
+(``common_prefix = false``), or with ``:int8`` for torch's dynamic int8
+quantisation of every linear layer (``quantize_dynamic``: int8 weights,
+activations quantised per call; over the unprepacked model). Lower precision
+or other kernels are only worth it where the answers stay the same.
+
+The prompt tokens per passage are those of the passage's 10 queries with the
+passage prefix (system text and passage) once and each query's own tail. The
+student also keeps the system text's keys/values across passages
+(``common_prefix``), so it prefills fewer tokens per passage than that; the
+JSON gives that count too, and the fraction against the roofline it implies.
+
+``--no-retain-memory`` runs the whole process with glibc's default malloc
+(``retain_memory = false``: a process-wide setting, so it cannot alternate
+within one run; ``bench/retain_memory.py`` alternates processes).
 
     python bench/student_speed.py [--passages 8] [--model default]
-        [--variants float32,bfloat16,float32:noprepack,float32:nodraft,float32:int8]
+        [--variants float32,bfloat16,float32:noprepack,float32:nodraft,float32:nolean,
+                    float32:nocommon,float32:int8] [--no-retain-memory]
 """
 
 import json
@@ -87,11 +101,17 @@ def main(
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together."),
     variants: str = typer.Option(
-        "float32,bfloat16,float32:noprepack,float32:nodraft,float32:int8",
+        "float32,bfloat16,float32:noprepack,float32:nodraft,float32:nolean,float32:nocommon,"
+        "float32:int8",
         help="Students to time, comma-separated: a dtype, optionally with ':noprepack' (torch's "
-        "default linear and attention kernels), ':nodraft' (no drafted tokens) or ':int8' "
+        "default linear and attention kernels), ':nodraft' (no drafted tokens), ':nolean' (the "
+        "model's own forward), ':nocommon' (the system text prefilled per passage) or ':int8' "
         "(dynamic int8 quantisation of the linear layers); the first is the headline figure "
         "and the reference the others' answers are compared with.",
+    ),
+    retain_memory: bool = typer.Option(
+        True, help="Keep freed memory for the next forward (the student's default on the CPU); "
+        "--no-retain-memory: glibc's default malloc, for the whole process."
     ),
     output: Path = typer.Option(ROOT / "bench" / "results" / "student_speed.json"),
 ) -> None:
@@ -99,14 +119,14 @@ def main(
     import torch
 
     from spacy_uniner import prompts as P
-    from spacy_uniner.models.decoding import packed_tokens
+    from spacy_uniner.models.decoding import common_prefix_len, packed_tokens
 
     torch.set_num_threads(threads)
     names = [d.strip() for d in variants.split(",") if d.strip()]
     pipes = {}
     for name in names:
         dtype, _, option = name.partition(":")
-        if option not in ("", "noprepack", "nodraft", "int8"):
+        if option not in ("", "noprepack", "nodraft", "nolean", "nocommon", "int8"):
             raise typer.BadParameter(f"{name}: unknown option {option!r}", param_hint="--variants")
         if option == "int8" and dtype != "float32":
             raise typer.BadParameter(
@@ -121,6 +141,9 @@ def main(
                           "threads": threads, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "dtype": dtype,
                           "prepack": False if option in ("noprepack", "int8") else None,
+                          "retain_memory": retain_memory,
+                          "lean_forward": option != "nolean",
+                          "common_prefix": option != "nocommon",
                           **({"draft_tokens": 0} if option == "nodraft" else {})},
                 "store_replies": True,
             },
@@ -155,10 +178,16 @@ def main(
 
     tok = pipe.model.tokenizer
     prompt_tokens = 0
+    queries = []
     for text in texts:
         ids = [tok(P.render_query(text, label))["input_ids"] for label in LABELS]
         prompt_tokens += packed_tokens(ids)
+        queries.append(ids)
     prompt_tokens /= len(texts)
+    # what the decoder prefills per passage once the tokens every prompt starts
+    # with (the system text) are kept across passages
+    common = common_prefix_len([q[0] for q in queries])
+    prefilled_tokens = prompt_tokens - common
     params = pipe.model.load().num_parameters
     kernels = matmul_gflops(threads)
 
@@ -176,6 +205,7 @@ def main(
         kernels[kernel] = max(kernels[kernel], value)
     gflops = max(kernels.values())
     roofline = gflops * 1e9 / (2 * params * prompt_tokens)
+    roofline_prefilled = gflops * 1e9 / (2 * params * prefilled_tokens)
 
     def figures(variant: str) -> Dict[str, Any]:
         stats = pipes[variant][1].stats
@@ -188,12 +218,14 @@ def main(
             "prepacked_layers": pipes[variant][1].model.prepacked_layers,
             # the shared decoder's prefill attention (timed against SDPA at load)
             "prefill_attention": "onednn" if pipes[variant][1].model.onednn_attention else "sdpa",
+            "lean_forward": pipes[variant][1].model.runs_lean_forward,
             "runs_s": [round(t, 3) for t in times[variant]],
             "median_s": round(median, 3),
             "passages_per_s": round(len(texts) / median, 4),
             "queries_per_s": round(queries / median, 3),
             "unparseable_reply_rate": round(failures / queries, 3),
             "fraction_of_roofline": round(len(texts) / median / roofline, 3),
+            "fraction_of_prefilled_roofline": round(len(texts) / median / roofline_prefilled, 3),
             f"same_replies_as_{names[0]}": round(
                 sum(a == b for a, b in zip(replies[variant], reference)) / len(reference), 4
             ),
@@ -213,9 +245,13 @@ def main(
         **head,
         "parameters": params,
         "prompt_tokens_per_passage": round(prompt_tokens, 1),
+        "common_prefix_tokens": common,
+        "prefilled_tokens_per_passage": round(prefilled_tokens, 1),
+        "retain_memory": retain_memory,
         "matmul_gflops_fp32": round(gflops, 1),
         "matmul_gflops_fp32_by_kernel": {k: round(v, 1) for k, v in kernels.items()},
         "roofline_passages_per_s": round(roofline, 4),
+        "prefilled_roofline_passages_per_s": round(roofline_prefilled, 4),
         "other_variants": [figures(d) for d in names[1:]],
         "machine": machine_info(),
     }
@@ -226,7 +262,9 @@ def main(
         print(f"{fig['variant']}: {fig['passages_per_s']} passages/s = "
               f"{fig['fraction_of_roofline']} of the fp32 roofline "
               f"({result['roofline_passages_per_s']} passages/s at "
-              f"{result['matmul_gflops_fp32']} GFLOP/s); same replies as {names[0]}: "
+              f"{result['matmul_gflops_fp32']} GFLOP/s; "
+              f"{fig['fraction_of_prefilled_roofline']} counting only the tokens it prefills per "
+              f"passage); same replies as {names[0]}: "
               f"{100 * fig[f'same_replies_as_{names[0]}']:.1f}%")
 
 
