@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
 
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from .kernels import additive_mask, masked_attention, onednn_dtypes
 
@@ -325,10 +325,10 @@ class SharedDecoder:
     the key/value slabs between calls; with ``common_prefix``, also the
     keys/values of the leading tokens all prompts share (at least 8, e.g. the
     system text every passage starts with), so those are computed once, not
-    once per passage.
-    ``draft_tokens`` (0: off) is how many tokens a row may draft per step
-    (:func:`lookup_draft`); greedy answers stay those of one token per step. ``onednn_attention`` runs the attention of
-    the admission forwards on oneDNN (CPU, fp32 or bf16 where the CPU has it;
+    once per passage. ``draft_tokens`` (0: off) is how many tokens a row may
+    draft per step (:func:`lookup_draft`); greedy answers stay those of one
+    token per step. ``onednn_attention`` runs the attention of the admission
+    forwards on oneDNN (CPU, fp32 or bf16 where the CPU has it;
     :func:`~spacy_uniner.models.kernels.masked_attention`); decode steps stay
     on SDPA. ``lean_forward`` runs the forwards through
     :class:`~spacy_uniner.models.lean.LeanLlama` where the model is one it
