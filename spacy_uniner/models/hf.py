@@ -499,7 +499,7 @@ def make_hf_student_v1(
         the next forward instead of faulting in fresh pages for every large
         activation (process-wide); None: on the CPU.
     lean_forward (bool): with prefix_sharing, run a prepacked Llama student
-        (the default one, UniNER-7B) through a lean forward of its own
+        (the default student, UniNER-7B) through a lean forward of its own
         (the last layer only where a next token is read, residuals added
         inside the products) instead of the model's forward.
     common_prefix (bool): with prefix_sharing, compute the keys/values of the

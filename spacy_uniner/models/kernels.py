@@ -275,8 +275,9 @@ def retain_freed_memory() -> bool:
     A prefill's activations are tens of MB a layer. By default glibc serves
     blocks that large with fresh ``mmap`` pages, or hands the top of its heap
     back to the system once over a few MB is free, so every forward touches
-    new pages: page faults and zeroing by the kernel on each, about a tenth of
-    the fp32 student's time on 2 cores. Here blocks up to 32 MB come from the
+    new pages: page faults and zeroing by the kernel on each (the default fp32
+    student runs 1.06x faster without them on 2 cores, bench/retain_memory.py).
+    Here blocks up to 32 MB come from the
     heap, which is not trimmed until a GB of it is free. The process keeps its
     peak working set instead of returning it between forwards. Once per
     process; RETURNS whether the settings took (False where the C library is
