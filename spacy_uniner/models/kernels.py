@@ -277,11 +277,10 @@ def retain_freed_memory() -> bool:
     back to the system once over a few MB is free, so every forward touches
     new pages: page faults and zeroing by the kernel on each (the default fp32
     student runs 1.06x faster without them on 2 cores, bench/retain_memory.py).
-    Here blocks up to 32 MB come from the
-    heap, which is not trimmed until a GB of it is free. The process keeps its
-    peak working set instead of returning it between forwards. Once per
-    process; RETURNS whether the settings took (False where the C library is
-    not glibc)."""
+    Here blocks up to 32 MB come from the heap, which is not trimmed until a
+    GB of it is free. The process keeps its peak working set instead of
+    returning it between forwards. Once per process; RETURNS whether the
+    settings took (False where the C library is not glibc)."""
     import ctypes
     import ctypes.util
     import platform
