@@ -59,9 +59,14 @@ def packed_linear_class() -> type:
                     f"PackedLinear holds {self.packed.dtype} weights, got {x.dtype} input"
                 )
 
-        def forward(self, x: Any) -> Any:
+        def forward(self, x: Any, residual: Any = None) -> Any:
+            """``linear(x)``, or ``residual + linear(x)`` with oneDNN adding the
+            residual inside the product."""
             self.check(x)
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            op = torch.ops.mkldnn._linear_pointwise
+            if residual is None:
+                return op(x, self.packed, self.bias, "none", [], "")
+            return op.binary(x, residual, self.packed, self.bias, "add")
 
         def extra_repr(self) -> str:
             return (
@@ -140,8 +145,6 @@ def fuse_gated_mlps(model: Any) -> int:
     over the widest activations. RETURNS how many were fused."""
     from types import MethodType
 
-    import torch
-
     cls = packed_linear_class()
     fused = 0
     for module in model.modules():
@@ -152,17 +155,23 @@ def fuse_gated_mlps(model: Any) -> int:
             and _gated_forward(type(module))  # some other arrangement: left as it is
         ):
             continue
-
-        def forward(self: Any, x: Any) -> Any:
-            gate, up = self.gate_proj, self.up_proj
-            gate.check(x)
-            g = torch.ops.mkldnn._linear_pointwise(x, gate.packed, gate.bias, "swish", [], "")
-            h = torch.ops.mkldnn._linear_pointwise.binary(x, g, up.packed, up.bias, "mul")
-            return self.down_proj(h)
-
-        module.forward = MethodType(forward, module)
+        module.forward = MethodType(gated_mlp, module)
         fused += 1
     return fused
+
+
+def gated_mlp(mlp: Any, x: Any, residual: Any = None) -> Any:
+    """``down(silu(gate(x)) * up(x))`` of a prepacked SiLU-gated MLP (see
+    :func:`fuse_gated_mlps`), oneDNN applying the SiLU and the product inside
+    the gate and up products; with ``residual``, ``residual + ...`` added
+    inside the down product."""
+    import torch
+
+    gate, up = mlp.gate_proj, mlp.up_proj
+    gate.check(x)
+    g = torch.ops.mkldnn._linear_pointwise(x, gate.packed, gate.bias, "swish", [], "")
+    h = torch.ops.mkldnn._linear_pointwise.binary(x, g, up.packed, up.bias, "mul")
+    return mlp.down_proj(h, residual)
 
 
 def additive_mask(mask: Any, dtype: Any) -> Any:

@@ -26,9 +26,8 @@ equal the model's forward up to floating-point summation order.
 
 from typing import Any, Callable, Optional
 
-from .kernels import masked_attention, packed_linear_class
-
-_FOLD_TOKENS = 16  # as in decoding: query tokens per row up to which heads are folded
+from .decoding import _FOLD_TOKENS, split_prefill
+from .kernels import gated_mlp, masked_attention, packed_linear_class
 
 
 class LeanLlama:
@@ -107,25 +106,9 @@ class LeanLlama:
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
         return (x * cos) + (rotate_half(x) * sin)
 
-    @staticmethod
-    def _linear(module: Any, x: Any, residual: Any = None) -> Any:
-        import torch
-
-        op = torch.ops.mkldnn._linear_pointwise
-        if residual is None:
-            return op(x, module.packed, module.bias, "none", [], "")
-        return op.binary(x, residual, module.packed, module.bias, "add")
-
     def _mlp(self, layer: Any, x: Any) -> Any:
         """``x + mlp(post_attention_layernorm(x))``, the residual added by oneDNN."""
-        import torch
-
-        op = torch.ops.mkldnn._linear_pointwise
-        mlp = layer.mlp
-        h = self._norm(layer.post_attention_layernorm, x)
-        gate = op(h, mlp.gate_proj.packed, mlp.gate_proj.bias, "swish", [], "")
-        h = op.binary(h, gate, mlp.up_proj.packed, mlp.up_proj.bias, "mul")
-        return self._linear(mlp.down_proj, h, residual=x)
+        return gated_mlp(layer.mlp, self._norm(layer.post_attention_layernorm, x), residual=x)
 
     def _attend(self) -> Callable[[Any, Any, Any, Any], Any]:
         """One masked attention call over grouped heads, ``(batch, heads,
@@ -152,8 +135,6 @@ class LeanLlama:
         prefix: Optional[int] = None,
     ) -> Any:
         import torch
-
-        from .decoding import split_prefill
 
         if mask.dtype == torch.bool:
             raise TypeError("LeanLlama takes additive attention masks")
@@ -182,13 +163,13 @@ class LeanLlama:
         for index, (layer, layer_cache) in enumerate(zip(self.layers, cache.layers)):
             attn = layer.self_attn
             h = self._norm(layer.input_layernorm, x)
-            k = self._linear(attn.k_proj, h).view(rows, tokens, kv_heads, dim)
-            v = self._linear(attn.v_proj, h).view(rows, tokens, kv_heads, dim)
+            k = attn.k_proj(h).view(rows, tokens, kv_heads, dim)
+            v = attn.v_proj(h).view(rows, tokens, kv_heads, dim)
             k = self._rope(k, cos, sin)
             keys, values = layer_cache.update(k.transpose(1, 2), v.transpose(1, 2))
             if index == last and trim:
                 return self._last(layer, h, x, keep, mask, keys, values, cos, sin, attend)
-            q = self._rope(self._linear(attn.q_proj, h).view(rows, tokens, heads, dim), cos, sin)
+            q = self._rope(attn.q_proj(h).view(rows, tokens, heads, dim), cos, sin)
             if step:
                 q = q.view(rows, tokens, kv_heads, groups, dim).permute(0, 2, 3, 1, 4)
                 out = torch.nn.functional.scaled_dot_product_attention(
@@ -203,7 +184,7 @@ class LeanLlama:
                 out = split_prefill(
                     attend, q.transpose(1, 2), keys, values, mask, prefix or 0, token_dim=2
                 ).transpose(1, 2)
-            x = self._linear(attn.o_proj, out.reshape(rows, tokens, heads * dim), residual=x)
+            x = attn.o_proj(out.reshape(rows, tokens, heads * dim), x)
             x = self._mlp(layer, x)
         x = x.reshape(rows * tokens, -1)[flat_keep]
         return self.model.lm_head(self._norm(inner.norm, x))
@@ -234,7 +215,7 @@ class LeanLlama:
         counts = keep.sum(dim=1)
         slot = torch.arange(len(row), device=row.device) - (counts.cumsum(0) - counts)[row]
         width = int(counts.max())
-        q = self._linear(attn.q_proj, h[row, token]).view(-1, heads, dim)
+        q = attn.q_proj(h[row, token]).view(-1, heads, dim)
         q = self._rope(q, cos[row, token], sin[row, token])
         queries = q.new_zeros((rows, width, heads, dim))
         queries[row, slot] = q
@@ -244,7 +225,7 @@ class LeanLlama:
         rows_mask = mask[:, 0].gather(1, pick[:, :, None].expand(rows, width, mask.shape[-1]))
         out = attend(queries.transpose(1, 2), keys, values, rows_mask[:, None])
         out = out.transpose(1, 2)[row, slot].reshape(-1, heads * dim)
-        y = self._linear(attn.o_proj, out, residual=x[row, token])
+        y = attn.o_proj(out, x[row, token])
         y = self._mlp(layer, y)
         return self.model.lm_head(self._norm(self.model.model.norm, y))
 

@@ -369,8 +369,8 @@ def make_ray_student_v1(
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
         adapter, prefix_sharing, empty_bias, prepack, draft_tokens, retain_memory,
-        lean_forward, common_prefix: the settings of ``spacy_uniner.HFStudent.v1``, used by each actor (device
-        "cuda" uses the actor's ``num_gpus``).
+        lean_forward, common_prefix: the settings of ``spacy_uniner.HFStudent.v1``,
+        used by each actor (device "cuda" uses the actor's ``num_gpus``).
     student (Optional[Student]): any other student block instead (e.g.
         ``test.ScriptedStudent.v1``); then the HF settings must stay at their
         defaults. It is built here (an HFStudent loads no weights until asked)
