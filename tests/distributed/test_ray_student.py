@@ -119,11 +119,12 @@ def test_tiny_model_gives_identical_generations(ray_cluster, tiny_model_dir):
         for text in ("Ada Lovelace wrote to Babbage.", "Paris is in France.", "Hi.")
         for label in ("person", "city")
     ]
-    settings = dict(max_new_tokens=6, batch_size=8, threads=1)
+    # prepack off: a prepacked student times SDPA against oneDNN for its prefill attention
+    # at load, and two processes on a loaded host can choose differently (last-bit
+    # differences); without prepacking every process runs the same kernels
+    settings = dict(max_new_tokens=6, batch_size=8, threads=1, prepack=False)
     local = HFStudent(str(tiny_model_dir), **settings).generate(queries)
-    # one chunk: the same batches as in-process, so the same text and log-probabilities
-    # (to rounding: each process times SDPA against oneDNN for the prefill attention at
-    # load, and on a loaded host two processes can choose differently)
+    # one chunk: the same batches as in-process, so bit-identical log-probabilities
     student = make_ray_student_v1(
         name=str(tiny_model_dir), num_actors=2, chunk_size=len(queries), **settings
     )
@@ -133,12 +134,7 @@ def test_tiny_model_gives_identical_generations(ray_cluster, tiny_model_dir):
         spread = student.generate(queries)
     finally:
         student.close()
-    def replies(generations):
-        return [(g.text, g.token_offsets) for g in generations]
-
-    assert replies(remote) == replies(local)
-    for got, want in zip(remote, local):
-        assert got.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-4)
+    assert remote == local
     assert any(g.token_logprobs for g in local)
     assert [g.text for g in spread] == [g.text for g in local]
     for a, b in zip(spread, local):
