@@ -159,6 +159,33 @@ def test_the_prefill_attention_runs_on_onednn_only_when_prepacked_and_faster(
         assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)
 
 
+def test_prefill_attention_fixes_the_kernel(tiny_model_dir, monkeypatch):
+    from spacy_uniner.models import hf
+
+    monkeypatch.setattr(hf, "onednn_attention_faster", lambda *a: pytest.fail("timed"))
+    replies = {}
+    for choice, on in (("sdpa", False), ("onednn", True)):
+        student = HFStudent(
+            str(tiny_model_dir), max_new_tokens=6, threads=1, prefill_attention=choice
+        )
+        replies[choice] = student.generate(QUERIES)
+        assert student.onednn_attention is on and student.prepacked_layers > 0
+        assert f"prefill_attention={choice!r}" in repr(student)
+    assert [g.text for g in replies["sdpa"]] == [g.text for g in replies["onednn"]]
+    with pytest.raises(ValueError, match="prefill_attention must be one of.*'flash'"):
+        HFStudent(str(tiny_model_dir), prefill_attention="flash")
+    with pytest.raises(ValueError, match="prepacked CPU path.*prepack=False"):
+        HFStudent(str(tiny_model_dir), prepack=False, prefill_attention="onednn")
+    with pytest.raises(ValueError, match="prepacked CPU path.*'cuda'"):
+        HFStudent(str(tiny_model_dir), device="cuda", prefill_attention="onednn")
+    monkeypatch.setattr(hf, "onednn_dtypes", lambda: ())  # e.g. bf16 on a CPU without it
+    with pytest.raises(ValueError, match="cannot run student .*torch.float32 with"):
+        HFStudent(str(tiny_model_dir), prefill_attention="onednn").load()
+    monkeypatch.setattr(hf, "onednn_available", lambda: False)  # no oneDNN: not prepacked
+    with pytest.raises(ValueError, match="was not prepacked"):
+        HFStudent(str(tiny_model_dir), prefill_attention="onednn").load()
+
+
 def test_the_attention_kernel_is_timed_once_per_shape(caplog):
     import torch
 

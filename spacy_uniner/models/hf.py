@@ -20,6 +20,7 @@ from .kernels import (
 logger = logging.getLogger("spacy_uniner")
 
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
+_PREFILL_ATTENTION = ("auto", "sdpa", "onednn")
 
 
 def answer_complete(text: str, stop: str = STOP_MARKER) -> bool:
@@ -55,10 +56,11 @@ class HFStudent:
     ``prepack`` runs the linear layers on oneDNN with their weights prepacked
     at load time (:mod:`~spacy_uniner.models.kernels`), and the shared
     decoder's prefill attention on oneDNN too where that beats torch's SDPA on
-    this machine (timed once at load); ``None`` does so on the CPU whenever
-    this torch has oneDNN. fp32 linears otherwise go to MKL, which is up to 3x
-    slower on some CPUs (and so is SDPA there, whose block products go to MKL
-    too); the answers agree up to float summation order.
+    this machine (timed once at load; ``prefill_attention`` fixes the choice
+    instead, so that every process runs the same kernels); ``None`` does so on
+    the CPU whenever this torch has oneDNN. fp32 linears otherwise go to MKL,
+    which is up to 3x slower on some CPUs (and so is SDPA there, whose block
+    products go to MKL too); the answers agree up to float summation order.
 
     ``draft_tokens`` (shared decoding only) lets each reply draft that many
     tokens per decode step from its own prompt and reply (answers copy the
@@ -98,6 +100,7 @@ class HFStudent:
         retain_memory: Optional[bool] = None,
         lean_forward: bool = True,
         common_prefix: bool = True,
+        prefill_attention: str = "auto",
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -126,6 +129,18 @@ class HFStudent:
         if prepack and not (device == "auto" or device.startswith("cpu")):
             raise ValueError(f"prepack = true is for the CPU; this student runs on {device!r}")
         self.prepack = prepack
+        if prefill_attention not in _PREFILL_ATTENTION:
+            raise ValueError(
+                f"prefill_attention must be one of {_PREFILL_ATTENTION}, got {prefill_attention!r}"
+            )
+        if prefill_attention == "onednn" and (
+            prepack is False or not (device == "auto" or device.startswith("cpu"))
+        ):
+            raise ValueError(
+                f"prefill_attention = 'onednn' runs on the prepacked CPU path; this student "
+                f"has prepack={prepack!r} and device {device!r}"
+            )
+        self.prefill_attention = prefill_attention
         self.draft_tokens = draft_tokens
         self.retain_memory = retain_memory
         self.lean_forward = lean_forward
@@ -145,7 +160,8 @@ class HFStudent:
             f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
             f"empty_bias={self.empty_bias!r}, prepack={self.prepack!r}, "
             f"draft_tokens={self.draft_tokens!r}, retain_memory={self.retain_memory!r}, "
-            f"lean_forward={self.lean_forward!r}, common_prefix={self.common_prefix!r})"
+            f"lean_forward={self.lean_forward!r}, common_prefix={self.common_prefix!r}, "
+            f"prefill_attention={self.prefill_attention!r})"
         )
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -225,23 +241,38 @@ class HFStudent:
             if torch.device(device).type != "cpu":
                 raise ValueError(f"prepack = true is for the CPU; device 'auto' chose {device!r}")
             self.prepacked_layers = prepack_linears(model)
-            self.onednn_attention = self._time_attention(model)
+        self.onednn_attention = self._choose_attention(model, bool(prepack))
         self._model = model
         _ = self.tokenizer
         logger.info("Loaded student %s on %s", source, device)
         return self
 
-    @staticmethod
-    def _time_attention(model: Any) -> bool:
-        """Whether the shared decoder's prefill attention should run on oneDNN
-        rather than SDPA here (:func:`~spacy_uniner.models.kernels.onednn_attention_faster`)."""
+    def _choose_attention(self, model: Any, prepacked: bool) -> bool:
+        """Whether the shared decoder's prefill attention runs on oneDNN rather
+        than SDPA: ``prefill_attention`` if set, else (prepacked students) the
+        faster one here (:func:`~spacy_uniner.models.kernels.onednn_attention_faster`)."""
         import torch
 
         from .decoding import attention_shape
 
+        if self.prefill_attention == "sdpa" or not prepacked:
+            if self.prefill_attention == "onednn":  # device "auto" chose a GPU, or no oneDNN
+                raise ValueError(
+                    f"prefill_attention = 'onednn' runs on the prepacked CPU path; "
+                    f"student {self.name!r} was not prepacked"
+                )
+            return False
         param = next(model.parameters())
         _, heads, kv_heads, dim = attention_shape(model.config)
-        if param.dtype not in onednn_dtypes() or heads % kv_heads:
+        supported = param.dtype in onednn_dtypes() and heads % kv_heads == 0
+        if self.prefill_attention == "onednn":
+            if not supported:
+                raise ValueError(
+                    f"prefill_attention = 'onednn' cannot run student {self.name!r}: "
+                    f"{param.dtype} with {heads} query heads over {kv_heads} key/value heads"
+                )
+            return True
+        if not supported:
             return False
         return onednn_attention_faster(heads, kv_heads, dim, param.dtype, torch.get_num_threads())
 
@@ -466,6 +497,7 @@ def make_hf_student_v1(
     retain_memory: Optional[bool] = None,
     lean_forward: bool = True,
     common_prefix: bool = True,
+    prefill_attention: str = "auto",
 ) -> HFStudent:
     """An in-process Hugging Face student.
 
@@ -505,6 +537,10 @@ def make_hf_student_v1(
     common_prefix (bool): with prefix_sharing, compute the keys/values of the
         text every prompt starts with (the system text) once, not once per
         passage.
+    prefill_attention (str): the kernel of the shared decoder's prefill
+        attention on a prepacked student: "auto" (oneDNN or SDPA, whichever is
+        faster here, timed at load: processes may choose differently, and their
+        log-probabilities then differ in the last bits), "sdpa" or "onednn".
     """
     return HFStudent(
         name,
@@ -522,4 +558,5 @@ def make_hf_student_v1(
         retain_memory=retain_memory,
         lean_forward=lean_forward,
         common_prefix=common_prefix,
+        prefill_attention=prefill_attention,
     )

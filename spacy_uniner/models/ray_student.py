@@ -356,6 +356,7 @@ def make_ray_student_v1(
     retain_memory: Optional[bool] = None,
     lean_forward: bool = True,
     common_prefix: bool = True,
+    prefill_attention: str = "auto",
     student: Optional[Student] = None,
     num_actors: int = 2,
     num_gpus: float = 0.0,
@@ -369,8 +370,9 @@ def make_ray_student_v1(
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
         adapter, prefix_sharing, empty_bias, prepack, draft_tokens, retain_memory,
-        lean_forward, common_prefix: the settings of ``spacy_uniner.HFStudent.v1``,
-        used by each actor (device "cuda" uses the actor's ``num_gpus``).
+        lean_forward, common_prefix, prefill_attention: the settings of
+        ``spacy_uniner.HFStudent.v1``, used by each actor (device "cuda" uses the
+        actor's ``num_gpus``).
     student (Optional[Student]): any other student block instead (e.g.
         ``test.ScriptedStudent.v1``); then the HF settings must stay at their
         defaults. It is built here (an HFStudent loads no weights until asked)
@@ -401,6 +403,7 @@ def make_ray_student_v1(
         "retain_memory": retain_memory,
         "lean_forward": lean_forward,
         "common_prefix": common_prefix,
+        "prefill_attention": prefill_attention,
     }
     if student is None:
         student = make_hf_student_v1(**hf)

@@ -119,10 +119,9 @@ def test_tiny_model_gives_identical_generations(ray_cluster, tiny_model_dir):
         for text in ("Ada Lovelace wrote to Babbage.", "Paris is in France.", "Hi.")
         for label in ("person", "city")
     ]
-    # prepack off: a prepacked student times SDPA against oneDNN for its prefill attention
-    # at load, and two processes on a loaded host can choose differently (last-bit
-    # differences); without prepacking every process runs the same kernels
-    settings = dict(max_new_tokens=6, batch_size=8, threads=1, prepack=False)
+    # the prefill attention fixed: "auto" times SDPA against oneDNN at load, and two
+    # processes on a loaded host can choose differently (last-bit differences)
+    settings = dict(max_new_tokens=6, batch_size=8, threads=1, prefill_attention="sdpa")
     local = HFStudent(str(tiny_model_dir), **settings).generate(queries)
     # one chunk: the same batches as in-process, so bit-identical log-probabilities
     student = make_ray_student_v1(
