@@ -13,9 +13,9 @@ the in-process pipeline; the median of the rounds is reported.
 The in-process time is ``nlp.pipe`` on a pipeline already loaded and warmed up.
 Ray is timed two ways, both through ``ray_jobs.extract``'s own code path:
 - ``ray_loaded_s``, like for like: from the moment the first actor is ready (its
-  model loaded and one short text answered, as ExtractPredictor does at start-up;
-  the in-process pipeline has its warm-up too) until the last batch is done; the
-  actors stamp these moments themselves (``StampedPredictor``);
+  model loaded and its full-width warm-up texts answered, as ExtractPredictor does
+  at start-up; the in-process pipeline has its warm-up too) until the last batch
+  is done; the actors stamp these moments themselves (``StampedPredictor``);
 - ``ray_s``, end to end: the whole extraction phase, actor start-up (a fresh
   process importing spaCy, torch and transformers, then loading the model)
   included; Ray's own start-up and reading the input are not.
@@ -44,7 +44,7 @@ LABELS = ["person", "organization", "location", "country"]
 
 
 class StampedPredictor(ExtractPredictor):
-    """ExtractPredictor that appends when it is ready (model loaded, warm-up text
+    """ExtractPredictor that appends when it is ready (model loaded, warm-up texts
     answered) and when each batch is done (wall-clock time) to the file ``stamps``,
     one JSON line each."""
 

@@ -4,8 +4,8 @@ Documents are read through Ray Data (JSONL, parquet, or a folder of ``.txt``
 files, one document per file) and given a stable id; those not done yet wait
 in Ray's object store and go in batches to a pool of actors
 (:class:`ExtractPredictor`, ``compute=ActorPoolStrategy``, ``num_gpus`` per
-actor); each actor loads the pipeline once (and answers one short text) and
-returns plain columns for its batch. Batches are ``batch_size`` documents, the
+actor); each actor loads the pipeline once (and answers full-width warm-up
+texts, :func:`warm_up_texts`) and returns plain columns for its batch. Batches are ``batch_size`` documents, the
 last one per actor cut in two so that the actors finish together. An actor that
 dies is replaced and its batch run again (at most ``actor_retries`` times, then
 the run stops; what was written stays).
@@ -161,6 +161,34 @@ def _error_message(err: BaseException) -> str:
 
 
 WARM_UP_TEXT = "Ada Lovelace wrote the first program in London in 1843."
+_WARM_UP_SENTENCES = (
+    WARM_UP_TEXT,
+    "Grace Hopper worked on the UNIVAC I at Remington Rand in Philadelphia.",
+    "Alan Turing was born in Maida Vale, London, in 1912.",
+)
+
+
+def warm_up_texts(component: Any, labels: Sequence[str], most: int) -> List[str]:
+    """RETURNS the texts an actor answers before its first batch: full windows
+    (``max_passage_tokens`` student tokens each), as many as fill the rows its
+    student decodes together (``batch_size`` queries, one per label and window),
+    at most ``most``; each starts differently, so none shares another's passage.
+
+    A batch's largest buffers (its keys and values, a full prefill) are then
+    allocated and touched at start-up: a model that runs out of memory at full
+    width fails before it takes a batch, and the first batch is not slowed by
+    fresh pages (on a virtual machine, two processes touching fresh memory at
+    once are slow at it)."""
+    rows = max(1, int(getattr(component.model, "batch_size", 1) or 1))
+    count = max(1, min(most, -(-rows // max(1, len(labels)))))
+    tokens = component.max_passage_tokens
+    body = " ".join(_WARM_UP_SENTENCES * (1 + 8 * tokens // len(" ".join(_WARM_UP_SENTENCES))))
+    texts = []
+    for i in range(count):
+        text = f"Note {i + 1}. {body}"
+        offsets = component.model.token_offsets(text)
+        texts.append(text[: offsets[tokens - 1][1]] if len(offsets) > tokens else text)
+    return texts
 
 
 class ExtractPredictor:
@@ -181,14 +209,23 @@ class ExtractPredictor:
         self.name, component = find_component(self.nlp, spec.pipeline or spec.model)
         self.spans_key = component.spans_key
         self.labels = list(spec.labels)
-        # Load the weights and answer one short text now: a model that cannot load or
-        # run (a GPU out of memory at its first forward pass) stops the run when the
-        # actors start, instead of marking every document as an error; the first
-        # batch then runs at full speed.
+        # Load the weights and answer full-width texts now (warm_up_texts): a model
+        # that cannot load or run (a GPU out of memory) stops the run when the actors
+        # start, instead of marking every document as an error; the first batch then
+        # runs at full speed.
         load = getattr(component.model, "load", None)
         if callable(load):
             load()
-        list(self.nlp.pipe([WARM_UP_TEXT], component_cfg={self.name: {"labels": self.labels}}))
+        warm_up = warm_up_texts(component, self.labels, most=batch_size)
+        started = time.perf_counter()
+        list(self.nlp.pipe(warm_up, component_cfg={self.name: {"labels": self.labels}}))
+        logger.info(
+            "Warm-up: %d texts of up to %d tokens x %d labels in %.1f s",
+            len(warm_up),
+            component.max_passage_tokens,
+            len(self.labels),
+            time.perf_counter() - started,
+        )
         self._failed: Dict[int, BaseException] = {}
         self.nlp.set_error_handler(self._record_failure)
 

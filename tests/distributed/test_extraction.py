@@ -16,10 +16,13 @@ from spacy_uniner.extraction import (
     _check_manifest,
     _normalize,
     extract,
+    find_component,
     halves,
     read_documents,
     read_input,
+    warm_up_texts,
 )
+from spacy_uniner.prompts import parse_query
 
 from .conftest import EXIT_MARKER, FAIL_MARKER, LABELS, document_text, expected_entities
 
@@ -102,6 +105,34 @@ def test_predictor_call_on_a_plain_dict(scripted_pipeline_dir):
     cities = ExtractPredictor(PipelineSpec(labels=("city",), pipeline=str(scripted_pipeline_dir)))
     only = cities({"doc_id": ["x"], "text": [texts[0]]}).to_pylist()[0]
     assert [e["label"] for e in only["entities"]] == ["city"]
+
+
+def test_predictor_warms_up_on_full_windows(scripted_pipeline_dir):
+    predictor = ExtractPredictor(
+        PipelineSpec(labels=tuple(LABELS), pipeline=str(scripted_pipeline_dir)), batch_size=4
+    )
+    _, component = find_component(predictor.nlp, "test")
+    wrapper, student = component.model, component.model.student
+    tokens = component.max_passage_tokens
+    # a student without batch_size decodes one query at a time: one full window
+    asked = [parse_query(p) for p in student.prompts]
+    assert sorted(label for _, label in asked) == sorted(LABELS)
+    passages = {passage for passage, _ in asked}
+    assert len(passages) == 1
+    assert len(student.token_offsets(passages.pop())) == tokens
+    # enough windows to fill the rows decoded together (one per label), at most `most`
+    wrapper.batch_size = 5
+    texts = warm_up_texts(component, LABELS, most=16)
+    assert len(texts) == 3  # ceil(5 rows / 2 labels)
+    assert len(set(texts)) == 3 and len({t.split()[1] for t in texts}) == 3
+    assert all(len(student.token_offsets(t)) == tokens for t in texts)
+    assert len(warm_up_texts(component, LABELS, most=2)) == 2
+    wrapper.batch_size = 1
+    assert len(warm_up_texts(component, ["person"] * 4, most=16)) == 1
+    # the warm-up leaves the predictor answering as before
+    student.prompts.clear()
+    row = predictor({"doc_id": ["a"], "text": [document_text(0)]}).to_pylist()[0]
+    assert row["status"] == "ok" and len(student.prompts) == len(LABELS)
 
 
 def test_exactly_once_through_failures_a_killed_actor_and_reruns(
