@@ -5,10 +5,10 @@ files, one document per file) and given a stable id; those not done yet wait
 in Ray's object store and go in batches to a pool of actors
 (:class:`ExtractPredictor`, ``compute=ActorPoolStrategy``, ``num_gpus`` per
 actor); each actor loads the pipeline once (and answers full-width warm-up
-texts, :func:`warm_up_texts`) and returns plain columns for its batch. Batches are ``batch_size`` documents, the
-last one per actor cut in two so that the actors finish together. An actor that
-dies is replaced and its batch run again (at most ``actor_retries`` times, then
-the run stops; what was written stays).
+texts, :func:`warm_up_texts`) and returns plain columns for its batch. Batches
+are ``batch_size`` documents, the last one per actor cut in two so that the
+actors finish together. An actor that dies is replaced and its batch run again
+(at most ``actor_retries`` times, then the run stops; what was written stays).
 
 Exactly once: every batch comes back as one table that holds, per document,
 its status (``ok`` or ``error`` with the message) *and* its entities, and the
