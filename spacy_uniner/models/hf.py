@@ -126,16 +126,15 @@ class HFStudent:
         if empty_bias is None:
             empty_bias = float(adapter_settings(adapter).get("empty_bias", 0.0))
         self.empty_bias = empty_bias
-        if prepack and not (device == "auto" or device.startswith("cpu")):
+        may_run_on_cpu = device == "auto" or device.startswith("cpu")
+        if prepack and not may_run_on_cpu:
             raise ValueError(f"prepack = true is for the CPU; this student runs on {device!r}")
         self.prepack = prepack
         if prefill_attention not in _PREFILL_ATTENTION:
             raise ValueError(
                 f"prefill_attention must be one of {_PREFILL_ATTENTION}, got {prefill_attention!r}"
             )
-        if prefill_attention == "onednn" and (
-            prepack is False or not (device == "auto" or device.startswith("cpu"))
-        ):
+        if prefill_attention == "onednn" and (prepack is False or not may_run_on_cpu):
             raise ValueError(
                 f"prefill_attention = 'onednn' runs on the prepacked CPU path; this student "
                 f"has prepack={prepack!r} and device {device!r}"
@@ -255,12 +254,14 @@ class HFStudent:
 
         from .decoding import attention_shape
 
-        if self.prefill_attention == "sdpa" or not prepacked:
+        if not prepacked:
             if self.prefill_attention == "onednn":  # device "auto" chose a GPU, or no oneDNN
                 raise ValueError(
                     f"prefill_attention = 'onednn' runs on the prepacked CPU path; "
                     f"student {self.name!r} was not prepacked"
                 )
+            return False
+        if self.prefill_attention == "sdpa":
             return False
         param = next(model.parameters())
         _, heads, kv_heads, dim = attention_shape(model.config)
