@@ -84,6 +84,67 @@ def test_the_decoder_uses_the_current_cache_argument(tiny_model_dir):
     assert not [w for w in caught if "past_key_values" in str(w.message)]
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_one_or_two_rows_are_computed_as_four_on_one_thread(monkeypatch, residual):
+    import torch
+
+    from spacy_uniner.models import kernels
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(24, 40)
+    weight, bias = dense.weight.detach().clone(), dense.bias.detach().clone()
+    layer = packed_linear_class()(dense, keep_weight=False)
+    op = torch.ops.mkldnn._linear_pointwise
+    seen = []
+
+    class Spy:  # records the rows each oneDNN product is given
+        def __call__(self, x, *args):
+            seen.append(x.reshape(-1, x.shape[-1]).shape[0])
+            return op(x, *args)
+
+        def binary(self, x, *args):
+            seen.append(x.reshape(-1, x.shape[-1]).shape[0])
+            return op.binary(x, *args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy())
+    threads = torch.get_num_threads()
+    try:
+        for threads_now, rows, given in [(1, 1, 4), (1, 2, 4), (1, 3, 3), (2, 1, 1), (2, 2, 2)]:
+            torch.set_num_threads(threads_now)
+            x = torch.randn(1, rows, 24)
+            res = torch.randn(1, rows, 40) if residual else None
+            seen.clear()
+            got = layer(x, res)
+            assert seen == [given], (threads_now, rows)
+            monkeypatch.setattr(kernels, "PAD_ROWS", 0)  # off
+            seen.clear()
+            unpadded = layer(x, res)
+            assert seen == [rows]
+            monkeypatch.setattr(kernels, "PAD_ROWS", 4)
+            want = torch.nn.functional.linear(x, weight, bias) + (0 if res is None else res)
+            assert got.shape == unpadded.shape == (1, rows, 40)
+            assert torch.allclose(got, unpadded, atol=1e-6, rtol=1e-6)
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_prepacked_model_gives_the_same_logits_for_one_token_on_one_thread(tiny_model_dir):
+    import torch
+
+    plain, packed = _load(tiny_model_dir), _load(tiny_model_dir)
+    prepack_linears(packed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one token: every product (the fused MLP's too) padded
+    try:
+        with torch.inference_mode():
+            for ids in ([[200]], [[5, 3000]]):
+                a, b = plain(torch.tensor(ids)).logits, packed(torch.tensor(ids)).logits
+                assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("batch_mask", [True, False])
 def test_masked_attention_equals_sdpa(dtype, batch_mask):
