@@ -76,8 +76,8 @@ def packed_linear_class() -> type:
     return PackedLinear
 
 
-# On one thread, oneDNN streams a prepacked weight from memory faster for 4 input
-# rows than for 1 or 2: the default student's decode steps of 1 and 2 tokens took
+# On one thread, oneDNN streams a prepacked fp32 weight from memory faster for 4
+# input rows than for 1 or 2: the default student's decode steps of 1 and 2 tokens took
 # 60.4 and 68.8 ms, padded 56.3 and 57.1 (2-core AMD EPYC; bench/decode_step.py).
 # On two threads it made no difference. The rows added are zeros; the real rows'
 # results are the same. PAD_ROWS = 0 turns it off.
@@ -87,17 +87,18 @@ PAD_ROWS = 4
 def packed_product(x: Any, packed: Any, bias: Any, op: str, other: Any = None) -> Any:
     """``x @ W.T + bias`` through oneDNN on a prepacked weight, then ``op``:
     ``"none"``, ``"swish"`` (SiLU), or with ``other`` (shaped as the result)
-    ``"add"`` / ``"mul"`` applied inside the product. On one thread, 1 or 2 rows
-    are computed as :data:`PAD_ROWS` (the others zeros)."""
+    ``"add"`` / ``"mul"`` applied inside the product. On one thread, 1 or 2 fp32
+    rows are computed as :data:`PAD_ROWS` (the others zeros)."""
     import torch
 
     linear = torch.ops.mkldnn._linear_pointwise
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not 0 < rows <= 2 or rows >= PAD_ROWS or torch.get_num_threads() != 1:
+    rows = x.numel() // x.shape[-1]
+    small = 0 < rows <= 2 and x.dtype == torch.float32 and torch.get_num_threads() == 1
+    pad = PAD_ROWS - rows if small else 0
+    if pad <= 0:
         if other is None:
             return linear(x, packed, bias, op, [], "")
         return linear.binary(x, other, packed, bias, op)
-    pad = PAD_ROWS - rows
     flat = x.reshape(rows, x.shape[-1])
     flat = torch.cat([flat, flat.new_zeros(pad, flat.shape[-1])])
     if other is None:
