@@ -79,8 +79,9 @@ def packed_linear_class() -> type:
 # On one thread, oneDNN streams a prepacked fp32 weight from memory faster for 4
 # input rows than for 1 or 2: the default student's decode steps of 1 and 2 tokens took
 # 60.4 and 68.8 ms, padded 56.3 and 57.1 (2-core AMD EPYC; bench/decode_step.py).
-# On two threads it made no difference. The rows added are zeros; the real rows'
-# results are the same. PAD_ROWS = 0 turns it off.
+# On two threads it made no difference (timed by hand: the benchmark cannot pad
+# there). The rows added are zeros; the real rows' results are the same.
+# PAD_ROWS = 0 turns it off.
 PAD_ROWS = 4
 
 
