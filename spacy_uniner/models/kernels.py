@@ -93,22 +93,19 @@ def packed_product(x: Any, packed: Any, bias: Any, op: str, other: Any = None) -
     import torch
 
     linear = torch.ops.mkldnn._linear_pointwise
-    rows = x.numel() // x.shape[-1]
+    lead, rows = x.shape[:-1], x.numel() // x.shape[-1]
     small = 0 < rows <= 2 and x.dtype == torch.float32 and torch.get_num_threads() == 1
     pad = PAD_ROWS - rows if small else 0
-    if pad <= 0:
-        if other is None:
-            return linear(x, packed, bias, op, [], "")
-        return linear.binary(x, other, packed, bias, op)
-    flat = x.reshape(rows, x.shape[-1])
-    flat = torch.cat([flat, flat.new_zeros(pad, flat.shape[-1])])
+    if pad > 0:
+        x, other = (
+            None if t is None else torch.cat([t.reshape(rows, -1), t.new_zeros(pad, t.shape[-1])])
+            for t in (x, other)
+        )
     if other is None:
-        out = linear(flat, packed, bias, op, [], "")
+        out = linear(x, packed, bias, op, [], "")
     else:
-        extra = other.reshape(rows, other.shape[-1])
-        extra = torch.cat([extra, extra.new_zeros(pad, extra.shape[-1])])
-        out = linear.binary(flat, extra, packed, bias, op)
-    return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
+        out = linear.binary(x, other, packed, bias, op)
+    return out[:rows].reshape(*lead, out.shape[-1]) if pad > 0 else out
 
 
 @lru_cache(maxsize=None)
