@@ -113,7 +113,6 @@ def main(
         "speedup_x": round(median["per_type"] / median["shared"], 2),
         "identical_answers": round(same["shared"] / total, 4),
         "identical_answers_by_way": {way: round(v / total, 4) for way, v in same.items()},
-        "prefill_attention": "onednn" if student.onednn_attention else "sdpa",
         "machine": machine_info(),
     }
     if ablation:

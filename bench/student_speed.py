@@ -4,38 +4,19 @@ and the same figure as a fraction of this machine's roofline.
 Passages are real Pile passages (../shared/data/pile-ner) cut to exactly 256
 student tokens, run through the spaCy component (prefix-shared decoding).
 The roofline is measured in the same run: the best 2-thread fp32 matmul
-GFLOP/s this machine gives (torch.mm, i.e. MKL, and oneDNN with a prepacked
-weight, the kernel the student's linears use; both are recorded) divided by
-2 x parameters x prompt tokens per passage, where the prompt tokens are those
-a passage's 10 queries need prefilled with sharing (the passage prefix once
-plus each query's own tail). Decoding is not in the roofline, so
-the fraction is conservative. Writes bench/results/student_speed.json.
+GFLOP/s this machine gives (torch.mm) divided by 2 x parameters x prompt
+tokens per passage, where the prompt tokens are those a passage's 10 queries
+need prefilled with sharing (the passage prefix once plus each query's own
+tail). Decoding is not in the roofline, so the fraction is conservative.
+Writes bench/results/student_speed.json.
 
 Every variant in --variants is timed in the same run (alternating), and its
-replies are compared with the first one's: a dtype (float32, bfloat16), or a
-dtype with ``:noprepack`` for torch's default linear kernels instead of the
-oneDNN-prepacked ones (and SDPA's attention), or with ``:nodraft`` for one
-token per decode step (``draft_tokens = 0``), ``:nolean`` for the model's own
-forward instead of the decoder's lean one (``lean_forward = false``),
-``:nocommon`` for the system text prefilled with every passage
-(``common_prefix = false``), or with ``:int8`` for torch's dynamic int8
-quantisation of every linear layer (``quantize_dynamic``: int8 weights,
-activations quantised per call; over the unprepacked model). Lower precision
-or other kernels are only worth it where the answers stay the same.
-
-The prompt tokens per passage are those of the passage's 10 queries with the
-passage prefix (system text and passage) once and each query's own tail. The
-student also keeps the system text's keys/values across passages
-(``common_prefix``), so it prefills fewer tokens per passage than that; the
-JSON gives that count too, and the fraction against the roofline it implies.
-
-``--no-retain-memory`` runs the whole process with glibc's default malloc
-(``retain_memory = false``: a process-wide setting, so it cannot alternate
-within one run; ``bench/retain_memory.py`` alternates processes).
+replies are compared with the first one's: a dtype (float32, bfloat16),
+optionally with ``:int8`` (torch's dynamic int8 quantisation of every linear
+layer). Lower precision is only worth it where the answers stay the same.
 
     python bench/student_speed.py [--passages 8] [--model default]
-        [--variants float32,bfloat16,float32:noprepack,float32:nodraft,float32:nolean,
-                    float32:nocommon,float32:int8] [--no-retain-memory]
+        [--variants float32,bfloat16,float32:int8]
 """
 
 import json
@@ -53,35 +34,23 @@ LABELS = ["person", "organization", "location", "date", "product", "event",
           "country", "programming language", "law", "disease"]
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> Dict[str, float]:
-    """Best fp32 GFLOP/s of an n x n matmul on ``threads`` threads, per kernel:
-    torch.mm (MKL) and, where torch has it, oneDNN over a prepacked weight."""
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul (torch.mm) on ``threads`` threads."""
     import torch
-
-    from spacy_uniner.models.kernels import onednn_available, packed_linear_class
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    kernels = {"torch.mm": lambda: torch.mm(a, b)}
-    if onednn_available():  # the student's own prepacked linear, computing a @ b
-        linear = torch.nn.Linear(n, n, bias=False)
-        linear.weight.data = b.t().contiguous()
-        packed = packed_linear_class()(linear, keep_weight=False)
-        kernels["onednn"] = lambda: packed(a)
-    out = {}
-    for name, fn in kernels.items():
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        out[name] = 2 * n**3 / best / 1e9
-    return out
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def quantize_int8(student: Any) -> None:
-    """Swap ``student``'s model (loaded, not prepacked) for torch's dynamically
+    """Swap ``student``'s model (loaded) for torch's dynamically
     quantised one: every ``nn.Linear`` (the tied LM head too) with int8 weights."""
     import warnings
 
@@ -101,17 +70,10 @@ def main(
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together."),
     variants: str = typer.Option(
-        "float32,bfloat16,float32:noprepack,float32:nodraft,float32:nolean,float32:nocommon,"
-        "float32:int8",
-        help="Students to time, comma-separated: a dtype, optionally with ':noprepack' (torch's "
-        "default linear and attention kernels), ':nodraft' (no drafted tokens), ':nolean' (the "
-        "model's own forward), ':nocommon' (the system text prefilled per passage) or ':int8' "
-        "(dynamic int8 quantisation of the linear layers); the first is the headline figure "
-        "and the reference the others' answers are compared with.",
-    ),
-    retain_memory: bool = typer.Option(
-        True, help="Keep freed memory for the next forward (the student's default on the CPU); "
-        "--no-retain-memory: glibc's default malloc, for the whole process."
+        "float32,bfloat16,float32:int8",
+        help="Students to time, comma-separated: a dtype, optionally with ':int8' (dynamic int8 "
+        "quantisation of the linear layers); the first is the headline figure and the "
+        "reference the others' answers are compared with.",
     ),
     output: Path = typer.Option(ROOT / "bench" / "results" / "student_speed.json"),
 ) -> None:
@@ -119,14 +81,14 @@ def main(
     import torch
 
     from spacy_uniner import prompts as P
-    from spacy_uniner.models.decoding import common_prefix_len, packed_tokens
+    from spacy_uniner.models.decoding import packed_tokens
 
     torch.set_num_threads(threads)
     names = [d.strip() for d in variants.split(",") if d.strip()]
     pipes = {}
     for name in names:
         dtype, _, option = name.partition(":")
-        if option not in ("", "noprepack", "nodraft", "nolean", "nocommon", "int8"):
+        if option not in ("", "int8"):
             raise typer.BadParameter(f"{name}: unknown option {option!r}", param_hint="--variants")
         if option == "int8" and dtype != "float32":
             raise typer.BadParameter(
@@ -139,12 +101,7 @@ def main(
                 "labels": LABELS,
                 "model": {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model,
                           "threads": threads, "max_new_tokens": max_new_tokens,
-                          "batch_size": batch_size, "dtype": dtype,
-                          "prepack": False if option in ("noprepack", "int8") else None,
-                          "retain_memory": retain_memory,
-                          "lean_forward": option != "nolean",
-                          "common_prefix": option != "nocommon",
-                          **({"draft_tokens": 0} if option == "nodraft" else {})},
+                          "batch_size": batch_size, "dtype": dtype},
                 "store_replies": True,
             },
         )
@@ -178,18 +135,12 @@ def main(
 
     tok = pipe.model.tokenizer
     prompt_tokens = 0
-    queries = []
     for text in texts:
         ids = [tok(P.render_query(text, label))["input_ids"] for label in LABELS]
         prompt_tokens += packed_tokens(ids)
-        queries.append(ids)
     prompt_tokens /= len(texts)
-    # what the decoder prefills per passage once the tokens every prompt starts
-    # with (the system text) are kept across passages
-    common = common_prefix_len([q[0] for q in queries])
-    prefilled_tokens = prompt_tokens - common
     params = pipe.model.load().num_parameters
-    kernels = matmul_gflops(threads)
+    gflops = matmul_gflops(threads)
 
     for variant in names:
         run(variant)  # warm-up
@@ -201,11 +152,8 @@ def main(
             elapsed, replies[variant] = run(variant)
             times[variant].append(elapsed)
             print(f"run {r + 1}: {variant:18s} {elapsed:7.2f} s", flush=True)
-    for kernel, value in matmul_gflops(threads).items():  # again after the runs: the best seen
-        kernels[kernel] = max(kernels[kernel], value)
-    gflops = max(kernels.values())
+    gflops = max(gflops, matmul_gflops(threads))  # again after the runs: the best seen
     roofline = gflops * 1e9 / (2 * params * prompt_tokens)
-    roofline_prefilled = gflops * 1e9 / (2 * params * prefilled_tokens)
 
     def figures(variant: str) -> Dict[str, Any]:
         stats = pipes[variant][1].stats
@@ -215,17 +163,12 @@ def main(
         reference = replies[names[0]]
         return {
             "variant": variant,
-            "prepacked_layers": pipes[variant][1].model.prepacked_layers,
-            # the shared decoder's prefill attention (timed against SDPA at load)
-            "prefill_attention": "onednn" if pipes[variant][1].model.onednn_attention else "sdpa",
-            "lean_forward": pipes[variant][1].model.runs_lean_forward,
             "runs_s": [round(t, 3) for t in times[variant]],
             "median_s": round(median, 3),
             "passages_per_s": round(len(texts) / median, 4),
             "queries_per_s": round(queries / median, 3),
             "unparseable_reply_rate": round(failures / queries, 3),
             "fraction_of_roofline": round(len(texts) / median / roofline, 3),
-            "fraction_of_prefilled_roofline": round(len(texts) / median / roofline_prefilled, 3),
             f"same_replies_as_{names[0]}": round(
                 sum(a == b for a, b in zip(replies[variant], reference)) / len(reference), 4
             ),
@@ -245,13 +188,8 @@ def main(
         **head,
         "parameters": params,
         "prompt_tokens_per_passage": round(prompt_tokens, 1),
-        "common_prefix_tokens": common,
-        "prefilled_tokens_per_passage": round(prefilled_tokens, 1),
-        "retain_memory": retain_memory,
         "matmul_gflops_fp32": round(gflops, 1),
-        "matmul_gflops_fp32_by_kernel": {k: round(v, 1) for k, v in kernels.items()},
         "roofline_passages_per_s": round(roofline, 4),
-        "prefilled_roofline_passages_per_s": round(roofline_prefilled, 4),
         "other_variants": [figures(d) for d in names[1:]],
         "machine": machine_info(),
     }
@@ -262,9 +200,7 @@ def main(
         print(f"{fig['variant']}: {fig['passages_per_s']} passages/s = "
               f"{fig['fraction_of_roofline']} of the fp32 roofline "
               f"({result['roofline_passages_per_s']} passages/s at "
-              f"{result['matmul_gflops_fp32']} GFLOP/s; "
-              f"{fig['fraction_of_prefilled_roofline']} counting only the tokens it prefills per "
-              f"passage); same replies as {names[0]}: "
+              f"{result['matmul_gflops_fp32']} GFLOP/s); same replies as {names[0]}: "
               f"{100 * fig[f'same_replies_as_{names[0]}']:.1f}%")
 
 

@@ -16,6 +16,7 @@ spell the mention (the highest over windows where it was found more than once).
 """
 
 import logging
+import warnings
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,8 @@ def make_universal_ner(
     model (Student): the backend, e.g. ``spacy_uniner.HFStudent.v1``.
     labels (List[str]): entity types in natural language; can be replaced per
         call with ``component_cfg={"universal_ner": {"labels": [...]}}``.
-    spans_key (str): the span group that receives every typed span.
+    spans_key (str): the span group that receives every typed span; a group
+        already under this key on an incoming Doc is extended, not replaced.
     write_ents (bool): also write a non-overlapping subset to ``doc.ents``.
     overwrite_ents (bool): replace existing ``doc.ents`` instead of keeping them.
     ents_policy (str): how overlaps are resolved for ``doc.ents``: "score"
@@ -99,14 +101,26 @@ def make_universal_ner(
     window_overlap (int): student tokens shared by consecutive windows.
     dataset (Optional[str]): dataset name for the dataset-specific template.
     label_definitions (Dict[str, str]): per-label definitions to ask about
-        instead of the bare label (the definition variant).
+        instead of the bare label (the definition variant); with ``labels``
+        configured, only for those labels.
     store_replies (bool): keep raw replies in ``doc.user_data["universal_ner"]``.
     bundle_weights (bool): ``nlp.to_disk`` copies the student's weights into the
         pipeline folder (adapter, and base unless built in), so the folder and a
         ``spacy package`` wheel made from it load anywhere; see
         :mod:`spacy_uniner.models.bundle`.
     scorer (Optional[Callable]): the scoring method.
+
+    Two ``universal_ner`` components of one pipeline cannot share a ``spans_key``:
+    the second is refused here, naming the first (give it its own key).
     """
+    for other_name, other in nlp.components:
+        if isinstance(other, UniversalNER) and other.spans_key == spans_key:
+            raise ValueError(
+                f"The pipeline already has a universal_ner component, '{other_name}', writing "
+                f"doc.spans[{spans_key!r}]; give '{name}' its own key: "
+                f"nlp.add_pipe('universal_ner', name={name!r}, "
+                f"config={{'spans_key': {name!r}, ...}})"
+            )
     return UniversalNER(
         nlp.vocab,
         model,
@@ -151,11 +165,43 @@ def normalize_labels(labels: Any) -> List[str]:
         if not clean:
             raise ValueError(f"universal_ner label {label!r} is empty")
         if clean != label:
-            logger.warning("Label %r normalised to %r", label, clean)
+            warnings.warn(f"universal_ner label {label!r} normalised to {clean!r}", stacklevel=3)
         if clean in out:
-            logger.warning("Duplicate label %r ignored", clean)
+            warnings.warn(f"universal_ner label {clean!r} given twice; asked once", stacklevel=3)
             continue
         out.append(clean)
+    return out
+
+
+def normalize_definitions(definitions: Any, labels: Sequence[str]) -> Dict[str, str]:
+    """Validate ``label_definitions``: label (normalised like the labels) → non-empty text.
+
+    With ``labels`` configured, every defined label must be one of them (a definition
+    for a label that is never asked is a mistake: a typo, or a label left out). Without
+    configured labels (labels given per call) any label may be defined.
+    """
+    if not isinstance(definitions, dict):
+        raise TypeError(
+            f"universal_ner label_definitions must be a dict of label -> definition, "
+            f"got {type(definitions).__name__}: {definitions!r}"
+        )
+    out: Dict[str, str] = {}
+    for label, definition in definitions.items():
+        if not isinstance(label, str) or not " ".join(label.split()):
+            raise ValueError(f"universal_ner label_definitions: label {label!r} is not a label")
+        if not isinstance(definition, str) or not definition.strip():
+            raise ValueError(
+                f"universal_ner label_definitions: the definition of {label!r} must be "
+                f"non-empty text, got {definition!r}"
+            )
+        out[" ".join(label.split())] = definition
+    not_asked = [label for label in out if labels and label not in labels]
+    if not_asked:
+        raise ValueError(
+            f"universal_ner label_definitions define labels that are not asked: "
+            f"{', '.join(map(repr, not_asked))} (labels: {', '.join(map(repr, labels))}). "
+            f"Add them to labels, or remove their definitions."
+        )
     return out
 
 
@@ -185,10 +231,17 @@ class UniversalNER(Pipe):
         if not spans_key:
             raise ValueError("spans_key must be a non-empty string")
         make_windows("x", [(0, 1)], max_passage_tokens, window_overlap)  # validates both
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            0.0 <= threshold <= 1.0
+        ):
+            raise ValueError(
+                f"threshold must be a number between 0 and 1 (span scores are probabilities), "
+                f"got {threshold!r}"
+            )
         if bundle_weights and weights_owner(model) is None:
             raise ValueError(
                 f"bundle_weights = true needs a student with local weights "
-                f"(spacy_uniner.HFStudent.v1, or RayStudent.v1 over one), not {model!r}"
+                f"(spacy_uniner.HFStudent.v1, or RayStudent.v2 over one), not {model!r}"
             )
         self.vocab = vocab
         self.model = model
@@ -201,11 +254,11 @@ class UniversalNER(Pipe):
         self.max_passage_tokens = max_passage_tokens
         self.window_overlap = window_overlap
         self.dataset = dataset
-        self.label_definitions = dict(label_definitions or {})
         self.store_replies = store_replies
         self.bundle_weights = bundle_weights
         self.scorer = scorer
         self.cfg: Dict[str, Any] = {"labels": normalize_labels(list(labels))}
+        self.label_definitions = normalize_definitions(label_definitions or {}, self.labels)
         self.stats: Counter = Counter()
 
     @property
@@ -258,11 +311,19 @@ class UniversalNER(Pipe):
         """Annotate documents in batches; all queries of a batch go to the student together.
 
         stream (Iterable[Doc]): the documents.
-        batch_size (int): documents per batch.
+        batch_size (int): documents per batch, at least 1.
         labels (Optional[Sequence[str]]): labels for this call instead of the configured ones.
         YIELDS (Doc): the documents, in order. A batch that fails goes to the error handler.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"The '{self.name}' component needs batch_size >= 1 (documents per batch), "
+                f"got {batch_size!r}: nlp.pipe(texts, batch_size=...)"
+            )
         chosen = self._labels_for_call(labels)
+        return self._pipe(stream, batch_size, chosen)
+
+    def _pipe(self, stream: Iterable[Doc], batch_size: int, chosen: List[str]) -> Iterator[Doc]:
         error_handler = self.get_error_handler()
         if callable(getattr(self.model, "submit", None)):
             yield from self._pipe_submitted(stream, batch_size, chosen, error_handler)
@@ -412,17 +473,45 @@ class UniversalNER(Pipe):
                 key = (span.start, span.end, label)
                 best[key] = max(score, best.get(key, 0.0))
             keys = sorted(best)
-            group = SpanGroup(
+            self._add_to_group(doc, keys, best)
+            if self.write_ents:
+                self._write_ents(doc, [(k, best[k]) for k in keys])
+            if self.store_replies:
+                doc.user_data[self.name] = {"replies": pred.replies, "stats": dict(pred.stats)}
+
+    def _add_to_group(
+        self, doc: Doc, keys: List[Tuple[int, int, str]], best: Dict[Tuple[int, int, str], float]
+    ) -> None:
+        """Write the spans to ``doc.spans[spans_key]``. A group already there (from an
+        incoming Doc, or an earlier call with other labels) is extended: its spans stay,
+        in their order, new ones follow, and a span already there keeps the higher score.
+        A group whose ``attrs["scores"]`` does not match its spans was not made by this
+        component and is an error rather than something to mix scores into."""
+        if self.spans_key not in doc.spans or not len(doc.spans[self.spans_key]):
+            doc.spans[self.spans_key] = SpanGroup(
                 doc,
                 name=self.spans_key,
                 spans=[Span(doc, s, e, label=label) for s, e, label in keys],
                 attrs={"scores": [best[k] for k in keys]},
             )
-            doc.spans[self.spans_key] = group
-            if self.write_ents:
-                self._write_ents(doc, [(k, best[k]) for k in keys])
-            if self.store_replies:
-                doc.user_data[self.name] = {"replies": pred.replies, "stats": dict(pred.stats)}
+            return
+        group = doc.spans[self.spans_key]
+        scores = group.attrs.get("scores")
+        if scores is None or len(scores) != len(group):
+            raise ValueError(
+                f"doc.spans[{self.spans_key!r}] already holds {len(group)} spans without "
+                f"one score each in attrs['scores'] (they were not written by universal_ner); "
+                f"give the '{self.name}' component its own spans_key"
+            )
+        scores = [float(x) for x in scores]
+        where = {(span.start, span.end, span.label_): i for i, span in enumerate(group)}
+        for key in keys:
+            if key in where:
+                scores[where[key]] = max(scores[where[key]], best[key])
+            else:
+                group.append(Span(doc, key[0], key[1], label=key[2]))
+                scores.append(best[key])
+        group.attrs["scores"] = scores
 
     def _write_ents(self, doc: Doc, scored: List[Tuple[Tuple[int, int, str], float]]) -> None:
         if self.ents_policy == "score":

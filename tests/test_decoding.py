@@ -5,19 +5,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spacy_uniner import prompts
-from spacy_uniner.models import decoding
 from spacy_uniner.models.decoding import SharedDecoder
 from spacy_uniner.models.hf import _group_by_prefix
-from spacy_uniner.models.kernels import onednn_available, prepack_linears
-from spacy_uniner.models.lean import LeanLlama
 
 
-@pytest.fixture(scope="module", params=["model", "lean"])
-def tiny(tiny_model_dir, request):
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
     """The tiny model with larger random weights: its greedy choices then turn
     on every position and mask detail (the default init gives near-uniform
-    logits that hide them). "model": the decoder runs the model's own forward;
-    "lean": the model is prepacked, and the decoder runs LeanLlama."""
+    logits that hide them)."""
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     generator = torch.Generator().manual_seed(0)
@@ -25,11 +21,6 @@ def tiny(tiny_model_dir, request):
         for param in model.parameters():
             if param.ndim == 2:
                 param.normal_(0.0, 0.5, generator=generator)
-    if request.param == "lean":
-        if not onednn_available():
-            pytest.skip("torch built without oneDNN")
-        prepack_linears(model)
-    assert LeanLlama.supports(model) is (request.param == "lean")
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
@@ -72,16 +63,10 @@ def _prompts(tok):
     return ps, [tok(p)["input_ids"] for p in ps]
 
 
-@pytest.mark.parametrize("queries_only", [False, True])
-@pytest.mark.parametrize("draft_tokens", [0, 2])
 @pytest.mark.parametrize("slots", [1, 3, 16])
-def test_shared_decoder_equals_per_prompt_greedy(
-    tiny, slots, draft_tokens, queries_only, monkeypatch
-):
+def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, monkeypatch):
     model, tok = tiny
     ps, ids = _prompts(tok)
-    if queries_only:  # all prompts start with the system text: its keys/values are shared
-        ps, ids = ps[:-2], ids[:-2]
     compactions = []
     original = SharedDecoder._compact
     monkeypatch.setattr(
@@ -95,7 +80,6 @@ def test_shared_decoder_equals_per_prompt_greedy(
         pad_token_id=tok.pad_token_id,
         finished=lambda reply: len(reply) >= _length(reply),
         spare_columns=2 if slots < 16 else None,
-        draft_tokens=draft_tokens,
     )
     replies = decoder.generate(ids, list(_group_by_prefix(ps).values()))
     for i, (reply, logprobs) in enumerate(replies):
@@ -103,14 +87,6 @@ def test_shared_decoder_equals_per_prompt_greedy(
         assert len(logprobs) == len(reply) and all(lp <= 0 for lp in logprobs)
     # 2 spare columns: the slab is compacted (and grown) along the way, answers unchanged
     assert bool(compactions) == (slots < 16)
-    assert (decoder.stats["drafted"] > 0) == (draft_tokens > 0)
-    common = decoder._common
-    if queries_only:
-        assert len(common.tokens) >= 8 and all(tuple(x[: len(common.tokens)]) == common.tokens
-                                               for x in ids)
-        assert tok.decode(list(common.tokens)).startswith("A virtual assistant")
-    else:
-        assert common is None
 
 
 def test_logprobs_match_the_model(tiny):
@@ -160,101 +136,34 @@ def test_bad_prompts_and_settings(tiny):
         SharedDecoder(model, slots=2, max_new_tokens=2, **kwargs).generate([[5], []], [[0], [1]])
     with pytest.raises(ValueError, match="slots"):
         SharedDecoder(model, slots=0, max_new_tokens=2, **kwargs)
-    with pytest.raises(ValueError, match="draft_tokens must be 0 or more, got -1"):
-        SharedDecoder(model, slots=2, max_new_tokens=2, draft_tokens=-1, **kwargs)
 
 
-def test_attention_switch_is_undone(tiny):
-    model, _ = tiny
-    before = model.config._attn_implementation
-    with decoding._attention(model):
-        assert model.config._attn_implementation == decoding.ATTENTION
-    assert model.config._attn_implementation == before
+def test_a_chooser_picks_the_tokens_and_their_logprobs(tiny):
+    """``choose`` replaces the argmax; the recorded log-probability is the chosen token's."""
+    model, tok = tiny
+    ps, ids = _prompts(tok)
+    seen = []
 
+    def second_best(prompt, reply, logprobs):
+        seen.append((prompt, len(reply)))
+        return int(logprobs.topk(2).indices[1])
 
-def test_lookup_draft():
-    from spacy_uniner.models.decoding import lookup_draft
-
-    # the latest occurrence matching the most of the last tokens wins
-    assert lookup_draft([1, 2, 3, 9, 5, 2, 3, 7, 8, 1, 2, 3], 2) == [9, 5]
-    assert lookup_draft([4, 3, 6, 1, 2, 3, 7, 2, 3], 3) == [7, 2, 3]
-    assert lookup_draft([5, 3, 7, 3], 4) == [7, 3]  # cut at the context's end
-    assert lookup_draft([1, 2, 3], 2) == []  # the last token never occurred
-    assert lookup_draft([3, 1, 3], 0) == []
-    assert lookup_draft([], 2) == []
-
-
-def _decode(model, tok, ids, groups, **kwargs):
     decoder = SharedDecoder(
         model,
-        slots=4,
-        max_new_tokens=10,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        finished=lambda reply: len(reply) >= _length(reply),
-        spare_columns=3,
-        **kwargs,
-    )
-    return decoder, decoder.generate(ids, groups)
-
-
-def test_drafts_keep_only_the_models_own_tokens(tiny, monkeypatch):
-    """Oracle drafts (the true continuation, sometimes with a wrong token in
-    it) take fewer steps; wrong drafts are dropped: the same tokens and
-    log-probabilities as one token per step."""
-    model, tok = tiny
-    ps, ids = _prompts(tok)
-    groups = list(_group_by_prefix(ps).values())
-    plain, want = _decode(model, tok, ids, groups)
-    truth = {tuple(ids[i]): reply for i, (reply, _) in enumerate(want)}
-
-    def oracle(self, row):
-        room = min(self.draft_tokens, self.max_new_tokens - len(row.ids) - 1)
-        true = truth[tuple(self._prompts[row.prompt])][len(row.ids) :][: max(room, 0)]
-        if row.prompt % 3 == 0 and true:  # a wrong token somewhere in the draft
-            true = true[:-1] + [(true[-1] + 1) % len(tok)]
-        return true
-
-    monkeypatch.setattr(SharedDecoder, "_draft", oracle)
-    drafted, got = _decode(model, tok, ids, groups, draft_tokens=3)
-    assert [r for r, _ in got] == [r for r, _ in want]
-    for (_, a), (_, b) in zip(got, want):
-        assert a == pytest.approx(b, abs=1e-4)
-    stats = drafted.stats
-    assert 0 < stats["accepted"] < stats["drafted"]
-    assert stats["steps"] < plain.stats["steps"]
-
-
-def test_the_common_prefix_is_kept_between_calls_and_recomputed_when_it_changes(tiny):
-    model, tok = tiny
-    ps, ids = _prompts(tok)
-    ids = ids[:-2]  # UniNER queries only
-    workspace = {}
-    kwargs = dict(
-        slots=4,
-        max_new_tokens=4,
-        eos_token_id=tok.eos_token_id,
+        slots=3,
+        max_new_tokens=3,
+        eos_token_id=None,
         pad_token_id=tok.pad_token_id,
         finished=lambda reply: False,
-        workspace=workspace,
+        choose=second_best,
     )
-    groups = list(_group_by_prefix(ps[:-2]).values())
-    first = SharedDecoder(model, **kwargs).generate(ids, groups)
-    held = workspace["common"]
-    # one passage's queries alone: the held prefix still fits and is reused
-    alone = SharedDecoder(model, **kwargs)
-    one = alone.generate([ids[i] for i in groups[0]], [list(range(len(groups[0])))])
-    assert alone._common is held
-    for (reply, logprobs), i in zip(one, groups[0]):
-        assert reply == first[i][0] and logprobs == pytest.approx(first[i][1], abs=1e-4)
-    # other prompts: none of them starts with the held prefix; recomputed for theirs
-    other = [[7, 7, 7] + x for x in ids]
-    again = SharedDecoder(model, **kwargs)
-    again.generate(other, groups)
-    assert again._common is not held and again._common.tokens[:3] == (7, 7, 7)
-    assert workspace["common"] is again._common
-    # a single group with nothing held computes no common prefix
-    workspace.clear()
-    single = SharedDecoder(model, **kwargs)
-    single.generate([ids[i] for i in groups[0]], [list(range(len(groups[0])))])
-    assert single._common is None and "common" not in workspace
+    replies = decoder.generate(ids[:5], [list(range(5))])
+    assert sorted(seen) == [(p, k) for p in range(5) for k in range(3)]
+    with torch.inference_mode():
+        for prompt, (reply, logprobs) in zip(ids[:5], replies):
+            full = torch.tensor([prompt + reply])
+            logits = model(full).logits[0].float().log_softmax(-1)
+            for k, t in enumerate(reply):
+                row = logits[len(prompt) - 1 + k]
+                assert t == int(row.topk(2).indices[1])
+                assert logprobs[k] == pytest.approx(row[t].item(), abs=1e-4)

@@ -116,44 +116,28 @@ def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir, monkeypatch):
     )
     from spacy_uniner.models.decoding import SharedDecoder
 
-    packed = []  # (rows, tokens) of each admission forward (decode steps use the slab)
-    common = []  # tokens of the forward computing the prefix all prompts share
+    packed = []  # (rows, tokens) of each admission forward (decode steps feed one token)
     original = SharedDecoder._forward
-    original_common = SharedDecoder._common_prefix
 
-    def forward(self, ids, mask, positions, cache, keep, prefix=None):
-        if prefix is not None:
+    def forward(self, ids, mask, positions, cache, keep):
+        if ids.shape[1] > 1:
             packed.append(tuple(ids.shape))
-        return original(self, ids, mask, positions, cache, keep, prefix)
-
-    def common_prefix(self, work):
-        found = original_common(self, work)
-        common.append(None if found is None else found.tokens)
-        return found
+        return original(self, ids, mask, positions, cache, keep)
 
     monkeypatch.setattr(SharedDecoder, "_forward", forward)
-    monkeypatch.setattr(SharedDecoder, "_common_prefix", common_prefix)
     a, b = shared.generate(ps), plain.generate(ps)
     # every passage (and the free-text prompt) is one packed row, admitted once
     # (batch_size 4 < 7 types: the batch widens to a whole passage)
     assert sum(rows for rows, _ in packed) == len(texts) + 1
     ids = [shared.tokenizer(p)["input_ids"] for p in ps]
     assert sum(r * t for r, t in packed) < sum(map(len, ids)) / 2
-    # "A virtual assistant ... Text:" starts every UniNER query, but not the free
-    # text prompt: nothing is common to all, nothing is cached
-    assert common == [None]
-    common.clear()
-    c = shared.generate(ps[:-1])
-    assert common and common[0] == tuple(ids[0][: len(common[0])])
-    assert shared.tokenizer.decode(list(common[0])).startswith("A virtual assistant answers")
-    assert [g.text for g in c] == [g.text for g in a[:-1]]
     assert [g.text for g in a] == [g.text for g in b]
     for x, y in zip(a, b):
         assert x.token_offsets == y.token_offsets
         assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)
 
 
-def test_prefix_groups_and_common_prefix():
+def test_prefix_groups():
     from spacy_uniner.models.decoding import common_prefix_len
     from spacy_uniner.models.hf import _group_by_prefix
 
@@ -203,67 +187,23 @@ def test_ray_chunks_keep_a_passage_together():
         assert len(keys) <= 1
 
 
-@pytest.mark.parametrize("retain_memory, calls", [(None, 1), (False, 0), (True, 1)])
-def test_the_student_keeps_freed_memory_on_the_cpu(tiny_model_dir, monkeypatch, retain_memory,
-                                                   calls):
-    from spacy_uniner.models import hf
+def test_a_pickled_student_loads_again(tiny_model_dir):
+    import pickle
 
-    seen = []
-    monkeypatch.setattr(hf, "retain_freed_memory", lambda: seen.append(1) or True)
-    student = HFStudent(str(tiny_model_dir), threads=1, retain_memory=retain_memory).load()
-    assert len(seen) == calls
-    assert f"retain_memory={retain_memory!r}" in repr(student)
-
-
-def test_retain_freed_memory_sets_glibc_malloc_once(monkeypatch):
-    import ctypes
-    import platform
-
-    from spacy_uniner.models import kernels
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("not glibc")
-    calls = []
-
-    class LibC:
-        def mallopt(self, param, value):
-            calls.append((param, value))
-            return 1
-
-    kernels.retain_freed_memory.cache_clear()
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: LibC())
-    try:
-        assert kernels.retain_freed_memory() is True
-        assert kernels.retain_freed_memory() is True  # once per process
-        # the heap serves blocks up to 32 MB and is not trimmed below 1 GB free
-        assert dict(calls) == {-3: 32 << 20, -1: 1 << 30, -2: 64 << 20}
-    finally:
-        kernels.retain_freed_memory.cache_clear()
+    student = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1).load()
+    ps = [prompts.render_query("Ada met Charles in London.", label) for label in ("person", "x")]
+    want = student.generate(ps)
+    copy = pickle.loads(pickle.dumps(student))
+    assert copy._model is None and copy._workspace == {}
+    assert [g.text for g in copy.generate(ps)] == [g.text for g in want]
 
 
-@pytest.mark.parametrize("lean_forward, common_prefix", [(True, True), (False, False),
-                                                         (True, False), (False, True)])
-def test_lean_forward_and_common_prefix_leave_the_answers(tiny_model_dir, monkeypatch,
-                                                          lean_forward, common_prefix):
-    from spacy_uniner.models import decoding
-    from spacy_uniner.models.kernels import onednn_available
+def test_v1_accepts_the_retired_speed_settings_and_warns():
+    with pytest.warns(FutureWarning, match="draft_tokens, prepack .* ignored"):
+        student = make_hf_student_v1(name="x", prepack=True, draft_tokens=0)
+    assert "prepack" not in repr(student)
+    import warnings
 
-    commons = []
-    original = decoding.SharedDecoder._common_prefix
-    monkeypatch.setattr(
-        decoding.SharedDecoder, "_common_prefix",
-        lambda self, work: commons.append(original(self, work)) or commons[-1],
-    )
-    ps = [prompts.render_query(t, label) for t in ["Ada met Charles in London.", "Short."]
-          for label in ["person", "location", "date"]]
-    student = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1,
-                        lean_forward=lean_forward, common_prefix=common_prefix)
-    plain = HFStudent(str(tiny_model_dir), max_new_tokens=6, threads=1, prefix_sharing=False)
-    a, b = student.generate(ps), plain.generate(ps)
-    assert [g.text for g in a] == [g.text for g in b]
-    for x, y in zip(a, b):
-        assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-3)
-    assert student.runs_lean_forward is (lean_forward and onednn_available())
-    assert not plain.runs_lean_forward
-    assert (commons[0] is not None) is common_prefix
-    assert f"lean_forward={lean_forward!r}, common_prefix={common_prefix!r}" in repr(student)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_hf_student_v1(name="x")  # the old defaults: no warning

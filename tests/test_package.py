@@ -122,8 +122,9 @@ def test_ray_student_bundles_the_student_it_runs(tmp_path, movable_weights):
     nlp = spacy.blank("en")
     nlp.add_pipe("universal_ner", config={
         "labels": LABELS, "bundle_weights": True,
-        "model": {"@uniner_models": "spacy_uniner.RayStudent.v1", "name": str(base),
-                  "adapter": str(adapter), "num_actors": 1}})
+        "model": {"@uniner_models": "spacy_uniner.RayStudent.v2", "num_actors": 1,
+                  "student": {"@uniner_models": "spacy_uniner.HFStudent.v1",
+                              "name": str(base), "adapter": str(adapter)}}})
     nlp.to_disk(tmp_path / "pipeline")  # no actor starts: nothing is generated
     weights = tmp_path / "pipeline" / "universal_ner" / "weights"
     student = spacy.load(tmp_path / "pipeline").get_pipe("universal_ner").model.student

@@ -1,6 +1,7 @@
 """``spacy_uniner.HFStudent.v1``: a Hugging Face causal LM run in this process."""
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -8,19 +9,11 @@ from ..default_student import DEFAULT_MODEL, default_adapter, resolve_model
 from ..parsing import STOP_MARKER, list_closed, list_repeats
 from ..prompts import SEP2, USER
 from ..registry import uniner_models
-from .base import Generation
-from .kernels import (
-    onednn_attention_faster,
-    onednn_available,
-    onednn_dtypes,
-    prepack_linears,
-    retain_freed_memory,
-)
+from .base import Generation, finish_reply
 
 logger = logging.getLogger("spacy_uniner")
 
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
-_PREFILL_ATTENTION = ("auto", "sdpa", "onednn")
 
 
 def answer_complete(text: str, stop: str = STOP_MARKER) -> bool:
@@ -45,6 +38,7 @@ class HFStudent:
     queries are decoded ``batch_size`` at a time, a finished reply's place taken
     by the next query at once. Without it every prompt is prefilled in full and
     decoded by ``model.generate`` in length-sorted batches (the reference way).
+    Both give the same greedy answers up to float summation order.
 
     ``empty_bias`` is a decision threshold for "is this type in the text at
     all": at the first answer token, the logits of tokens that open an empty
@@ -52,34 +46,6 @@ class HFStudent:
     type is present answers with a list instead of ``[]``. ``None`` takes the
     value recorded with the adapter (``uniner_student.json``, tuned on held-out
     non-evaluation data when the adapter was shipped), else 0 (plain greedy).
-
-    ``prepack`` runs the linear layers on oneDNN with their weights prepacked
-    at load time (:mod:`~spacy_uniner.models.kernels`), and the shared
-    decoder's prefill attention on oneDNN too where that beats torch's SDPA on
-    this machine (timed once at load; ``prefill_attention`` fixes the choice
-    instead, so that every process runs the same kernels); ``None`` does so on
-    the CPU whenever this torch has oneDNN. fp32 linears otherwise go to MKL,
-    which is up to 3x slower on some CPUs (and so is SDPA there, whose block
-    products go to MKL too); the answers agree up to float summation order.
-
-    ``draft_tokens`` (shared decoding only) lets each reply draft that many
-    tokens per decode step from its own prompt and reply (answers copy the
-    passage) and checks them in the same step; a drafted token is kept only
-    where the model chooses it itself. A decode step reads every weight
-    whatever its few rows, so long answers take fewer steps.
-
-    ``lean_forward`` runs a prepacked Llama student through
-    :class:`~spacy_uniner.models.lean.LeanLlama` (only the positions read at
-    the last layer, residuals added inside the products) rather than the
-    model's own forward; ``common_prefix`` computes the keys/values of the
-    text every prompt starts with (the system text) once and reuses them for
-    every passage. Both leave the answers as they are, up to float summation
-    order.
-
-    ``retain_memory`` has glibc's malloc keep the memory a forward frees for
-    the next one (:func:`~spacy_uniner.models.kernels.retain_freed_memory`, a
-    process-wide setting) instead of mapping fresh pages for every large
-    activation; ``None`` does so on the CPU.
     """
 
     def __init__(
@@ -95,12 +61,6 @@ class HFStudent:
         adapter: Optional[str] = None,
         prefix_sharing: bool = True,
         empty_bias: Optional[float] = None,
-        prepack: Optional[bool] = None,
-        draft_tokens: int = 1,
-        retain_memory: Optional[bool] = None,
-        lean_forward: bool = True,
-        common_prefix: bool = True,
-        prefill_attention: str = "auto",
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -109,8 +69,6 @@ class HFStudent:
                 f"max_new_tokens and batch_size must be positive, "
                 f"got {max_new_tokens} and {batch_size}"
             )
-        if draft_tokens < 0:
-            raise ValueError(f"draft_tokens must be 0 or more, got {draft_tokens}")
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -126,28 +84,7 @@ class HFStudent:
         if empty_bias is None:
             empty_bias = float(adapter_settings(adapter).get("empty_bias", 0.0))
         self.empty_bias = empty_bias
-        may_run_on_cpu = device == "auto" or device.startswith("cpu")
-        if prepack and not may_run_on_cpu:
-            raise ValueError(f"prepack = true is for the CPU; this student runs on {device!r}")
-        self.prepack = prepack
-        if prefill_attention not in _PREFILL_ATTENTION:
-            raise ValueError(
-                f"prefill_attention must be one of {_PREFILL_ATTENTION}, got {prefill_attention!r}"
-            )
-        if prefill_attention == "onednn" and (prepack is False or not may_run_on_cpu):
-            raise ValueError(
-                f"prefill_attention = 'onednn' runs on the prepacked CPU path; this student "
-                f"has prepack={prepack!r} and device {device!r}"
-            )
-        self.prefill_attention = prefill_attention
-        self.draft_tokens = draft_tokens
-        self.retain_memory = retain_memory
-        self.lean_forward = lean_forward
-        self.common_prefix = common_prefix
         self.num_parameters: Optional[int] = None  # known once loaded
-        self.prepacked_layers = 0
-        # prefill attention on oneDNN (prepacked, and faster than SDPA here: timed at load)
-        self.onednn_attention = False
         self._empty_ids: Optional[List[int]] = None
         self._model: Any = None
         self._tokenizer: Any = None
@@ -157,31 +94,14 @@ class HFStudent:
         return (
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
             f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
-            f"empty_bias={self.empty_bias!r}, prepack={self.prepack!r}, "
-            f"draft_tokens={self.draft_tokens!r}, retain_memory={self.retain_memory!r}, "
-            f"lean_forward={self.lean_forward!r}, common_prefix={self.common_prefix!r}, "
-            f"prefill_attention={self.prefill_attention!r})"
+            f"empty_bias={self.empty_bias!r})"
         )
 
     def __getstate__(self) -> Dict[str, Any]:
-        # A copy (e.g. for another process) loads the weights again: prepacked
-        # oneDNN weights cannot be pickled, and a copy needs its own slabs.
+        # A copy (e.g. for another process) loads the weights again and needs its own slabs.
         state = dict(self.__dict__)
-        state.update(_model=None, _workspace={}, prepacked_layers=0, onednn_attention=False)
+        state.update(_model=None, _workspace={})
         return state
-
-    @property
-    def runs_lean_forward(self) -> bool:
-        """Whether the shared decoder runs this (loaded) student through
-        :class:`~spacy_uniner.models.lean.LeanLlama`."""
-        from .lean import LeanLlama
-
-        return (
-            self.prefix_sharing
-            and self.lean_forward
-            and self._model is not None
-            and LeanLlama.supports(self._model)
-        )
 
     @property
     def path(self) -> str:
@@ -213,8 +133,12 @@ class HFStudent:
         if self.threads:
             torch.set_num_threads(self.threads)
         source = self.path
-        kwargs: Dict[str, Any] = {"local_files_only": self._local_only(source)}
-        kwargs["dtype"] = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+        kwargs: Dict[str, Any] = {
+            "local_files_only": self._local_only(source),
+            "dtype": "auto" if self.dtype == "auto" else getattr(torch, self.dtype),
+            # the shared decoder's 4D masks need an attention that takes them
+            "attn_implementation": "sdpa",
+        }
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as err:
@@ -228,54 +152,11 @@ class HFStudent:
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = model.to(device).eval()
-        on_cpu = torch.device(device).type == "cpu"
-        if self.retain_memory or (self.retain_memory is None and on_cpu):
-            retain_freed_memory()
+        self._model = model.to(device).eval()
         self.num_parameters = sum(p.numel() for p in model.parameters())
-        prepack = self.prepack
-        if prepack is None:
-            prepack = on_cpu and onednn_available()
-        if prepack:
-            if torch.device(device).type != "cpu":
-                raise ValueError(f"prepack = true is for the CPU; device 'auto' chose {device!r}")
-            self.prepacked_layers = prepack_linears(model)
-        self.onednn_attention = self._choose_attention(model, bool(prepack))
-        self._model = model
         _ = self.tokenizer
         logger.info("Loaded student %s on %s", source, device)
         return self
-
-    def _choose_attention(self, model: Any, prepacked: bool) -> bool:
-        """Whether the shared decoder's prefill attention runs on oneDNN rather
-        than SDPA: ``prefill_attention`` if set, else (prepacked students) the
-        faster one here (:func:`~spacy_uniner.models.kernels.onednn_attention_faster`)."""
-        import torch
-
-        from .decoding import attention_shape
-
-        if not prepacked:
-            if self.prefill_attention == "onednn":  # device "auto" chose a GPU, or no oneDNN
-                raise ValueError(
-                    f"prefill_attention = 'onednn' runs on the prepacked CPU path; "
-                    f"student {self.name!r} was not prepacked"
-                )
-            return False
-        if self.prefill_attention == "sdpa":
-            return False
-        param = next(model.parameters())
-        _, heads, kv_heads, dim = attention_shape(model.config)
-        supported = param.dtype in onednn_dtypes() and heads % kv_heads == 0
-        if self.prefill_attention == "onednn":
-            if not supported:
-                raise ValueError(
-                    f"prefill_attention = 'onednn' cannot run student {self.name!r}: "
-                    f"{param.dtype} with {heads} query heads over {kv_heads} key/value heads"
-                )
-            return True
-        if not supported:
-            return False
-        return onednn_attention_faster(heads, kv_heads, dim, param.dtype, torch.get_num_threads())
 
     @property
     def empty_list_ids(self) -> List[int]:
@@ -299,13 +180,9 @@ class HFStudent:
         (``batch_size`` rows at a time, refilled as answers finish); without
         it, prompts are batched by length through ``model.generate``.
         """
+        self.load()
         if self.prefix_sharing:
             return self._generate_shared(prompts)
-        return self._generate_each_all(prompts)
-
-    def _generate_each_all(self, prompts: Sequence[str]) -> List[Generation]:
-        """Every prompt prefilled in full, ``model.generate`` in length-sorted batches."""
-        self.load()
         out: List[Optional[Generation]] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for b in range(0, len(order), self.batch_size):
@@ -314,12 +191,9 @@ class HFStudent:
                 out[i] = gen
         return out  # type: ignore[return-value]
 
-    def _generate_shared(self, prompts: Sequence[str], share: bool = True) -> List[Generation]:
-        """Replies through the SharedDecoder; ``share=False`` gives every prompt
-        a group of its own (continuous batching alone, for comparison)."""
+    def _generate_shared(self, prompts: Sequence[str]) -> List[Generation]:
         from .decoding import SharedDecoder
 
-        self.load()
         tok = self.tokenizer
         decoder = SharedDecoder(
             self._model,
@@ -331,35 +205,17 @@ class HFStudent:
             empty_ids=self.empty_list_ids if self.empty_bias else (),
             empty_bias=self.empty_bias,
             workspace=self._workspace,
-            onednn_attention=self.onednn_attention,
-            draft_tokens=self.draft_tokens,
-            lean_forward=self.lean_forward,
-            common_prefix=self.common_prefix,
         )
         ids = [tok(p)["input_ids"] for p in prompts]
-        groups = (
-            list(_group_by_prefix(prompts).values()) if share else [[i] for i in range(len(ids))]
-        )
-        replies = decoder.generate(ids, groups)
+        replies = decoder.generate(ids, list(_group_by_prefix(prompts).values()))
         return [self._to_generation(t, lps) for t, lps in replies]
 
-    def _generation_config(self) -> Any:
-        from transformers import GenerationConfig
-
-        tok = self.tokenizer
-        return GenerationConfig(
-            do_sample=False,
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-
-    def _run_generate(self, **inputs: Any) -> List[Generation]:
-        """``model.generate`` with the answer stop rule; replies from the new tokens."""
+    def _generate_batch(self, prompts: List[str]) -> List[Generation]:
+        """Each prompt prefilled in full (left padding aligns the batch), then
+        ``model.generate`` with the answer stop rule."""
         import torch
         from transformers import (
+            GenerationConfig,
             LogitsProcessor,
             LogitsProcessorList,
             StoppingCriteria,
@@ -367,7 +223,7 @@ class HFStudent:
         )
 
         tok = self.tokenizer
-        model = self._model
+        inputs = tok(prompts, return_tensors="pt", padding=True).to(self._model.device)
         prompt_len = inputs["input_ids"].shape[1]
         processors = LogitsProcessorList()
         if self.empty_bias:
@@ -388,14 +244,22 @@ class HFStudent:
                     [answer_complete(t) for t in texts], device=input_ids.device
                 )
 
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
         with torch.inference_mode():
-            result = model.generate(
+            result = self._model.generate(
                 **inputs,
-                generation_config=self._generation_config(),
+                generation_config=config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([_Complete()]),
             )
-            logprobs = model.compute_transition_scores(
+            logprobs = self._model.compute_transition_scores(
                 result.sequences, result.scores, normalize_logits=True
             )
         new_tokens = result.sequences[:, prompt_len:].tolist()
@@ -403,11 +267,6 @@ class HFStudent:
             self._to_generation(ids, lps)
             for ids, lps in zip(new_tokens, logprobs.float().tolist())
         ]
-
-    def _generate_batch(self, prompts: List[str]) -> List[Generation]:
-        """Each prompt prefilled in full; left padding aligns the batch."""
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self._model.device)
-        return self._run_generate(**enc)
 
     def _to_generation(self, ids: List[int], logprobs: List[float]) -> Generation:
         tok = self.tokenizer
@@ -427,15 +286,7 @@ class HFStudent:
             text = new
             if STOP_MARKER in text:
                 break
-        if STOP_MARKER in text:
-            cut = text.index(STOP_MARKER)
-            text = text[:cut]
-            pairs = [(o, lp) for o, lp in zip(offsets, kept) if o[0] < cut]
-            offsets = [(s, min(e, cut)) for (s, e), _ in pairs]
-            kept = [lp for _, lp in pairs]
-        shift = len(text) - len(text.lstrip())
-        offsets = [(max(s - shift, 0), max(e - shift, 0)) for s, e in offsets]
-        return Generation(text.strip(), tuple(offsets), tuple(kept))
+        return finish_reply(text, offsets, kept)
 
     def to_disk(self, path: Path) -> None:
         """Record which weights the pipeline used (the weights stay where they are)."""
@@ -521,28 +372,27 @@ def make_hf_student_v1(
     empty_bias (Optional[float]): nats taken from the empty-list answer at the
         first reply token (> 0 answers more often); None: the adapter's recorded
         value (uniner_student.json), else 0.
-    prepack (Optional[bool]): run the linear layers on oneDNN with weights
-        prepacked at load, and the shared decoder's prefill attention on oneDNN
-        (up to 3x faster fp32 on some CPUs; answers equal up to float
-        summation order); None: on the CPU when torch has oneDNN.
-    draft_tokens (int): with prefix_sharing, tokens a reply may draft per
-        decode step from its own prompt (prompt-lookup decoding; drafts the
-        model would not choose are dropped, so answers stay greedy's); 0: off.
-    retain_memory (Optional[bool]): have glibc's malloc keep freed memory for
-        the next forward instead of faulting in fresh pages for every large
-        activation (process-wide); None: on the CPU.
-    lean_forward (bool): with prefix_sharing, run a prepacked Llama student
-        (the default student, UniNER-7B) through a lean forward of its own
-        (the last layer only where a next token is read, residuals added
-        inside the products) instead of the model's forward.
-    common_prefix (bool): with prefix_sharing, compute the keys/values of the
-        text every prompt starts with (the system text) once, not once per
-        passage.
-    prefill_attention (str): the kernel of the shared decoder's prefill
-        attention on a prepacked student: "auto" (oneDNN or SDPA, whichever is
-        faster here, timed at load: processes may choose differently, and their
-        log-probabilities then differ in the last bits), "sdpa" or "onednn".
+    prepack, draft_tokens, retain_memory, lean_forward, common_prefix,
+        prefill_attention: settings of CPU-tuning paths that no longer exist;
+        accepted so that older configs load, and ignored (with a warning when
+        set to anything but their old default).
     """
+    retired = {
+        "prepack": (prepack, None),
+        "draft_tokens": (draft_tokens, 1),
+        "retain_memory": (retain_memory, None),
+        "lean_forward": (lean_forward, True),
+        "common_prefix": (common_prefix, True),
+        "prefill_attention": (prefill_attention, "auto"),
+    }
+    changed = sorted(k for k, (value, default) in retired.items() if value != default)
+    if changed:
+        warnings.warn(
+            f"spacy_uniner.HFStudent.v1: {', '.join(changed)} no longer change anything and are "
+            f"ignored (the student's kernels are torch's and transformers' own)",
+            FutureWarning,
+            stacklevel=2,
+        )
     return HFStudent(
         name,
         device=device,
@@ -554,10 +404,4 @@ def make_hf_student_v1(
         adapter=adapter,
         prefix_sharing=prefix_sharing,
         empty_bias=empty_bias,
-        prepack=prepack,
-        draft_tokens=draft_tokens,
-        retain_memory=retain_memory,
-        lean_forward=lean_forward,
-        common_prefix=common_prefix,
-        prefill_attention=prefill_attention,
     )

@@ -1,4 +1,7 @@
-"""``spacy_uniner.RayStudent.v1``: the student runs in a pool of Ray actors.
+"""``spacy_uniner.RayStudent.v2``: the student runs in a pool of Ray actors.
+
+The student is a nested block (``[components.universal_ner.model.student]``):
+any registered student, ``spacy_uniner.HFStudent.v1`` by default.
 
 The pipeline stays in the caller's process: the component cuts documents into
 windows with the student's tokenizer here and sends the queries to the pool.
@@ -30,11 +33,6 @@ from .base import Generation, Student
 from .hf import make_hf_student_v1, prefix_key
 
 logger = logging.getLogger("spacy_uniner")
-
-HF_DEFAULTS: Dict[str, Any] = {
-    key: parameter.default
-    for key, parameter in inspect.signature(make_hf_student_v1).parameters.items()
-}
 
 
 class _StudentActor:
@@ -339,6 +337,47 @@ class RayStudent:
             self.student.to_disk(path)
 
 
+@uniner_models("spacy_uniner.RayStudent.v2")
+def make_ray_student_v2(
+    student: Optional[Student] = None,
+    num_actors: int = 2,
+    num_gpus: float = 0.0,
+    num_cpus: float = 1.0,
+    chunk_size: int = 16,
+    max_in_flight: int = 2,
+    max_retries: int = 2,
+    address: Optional[str] = None,
+) -> RayStudent:
+    """The student in a pool of Ray actors; the pipeline stays in this process.
+
+    student (Optional[Student]): the student each actor runs, a nested block
+        (``[components.universal_ner.model.student]``, e.g.
+        ``spacy_uniner.HFStudent.v1`` with ``device = "cuda"`` to use the actor's
+        ``num_gpus``); None: ``spacy_uniner.HFStudent.v1`` with its defaults. It
+        is built here (an HFStudent loads no weights until asked) and a pickled
+        copy goes to every actor.
+    num_actors (int): actors in the pool.
+    num_gpus (float): GPUs per actor (fractions share a GPU).
+    num_cpus (float): CPUs per actor.
+    chunk_size (int): prompts per request to an actor (more where a passage's
+        type queries would otherwise be split).
+    max_in_flight (int): requests queued on each actor at a time.
+    max_retries (int): how often a chunk is sent again after its actor died.
+    address (Optional[str]): the Ray cluster to join if Ray is not started yet
+        (default: ``$RAY_ADDRESS``, else a local Ray).
+    """
+    return RayStudent(
+        make_hf_student_v1() if student is None else student,
+        num_actors=num_actors,
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        chunk_size=chunk_size,
+        max_in_flight=max_in_flight,
+        max_retries=max_retries,
+        address=address,
+    )
+
+
 @uniner_models("spacy_uniner.RayStudent.v1")
 def make_ray_student_v1(
     name: str = "default",
@@ -351,12 +390,6 @@ def make_ray_student_v1(
     adapter: Optional[str] = None,
     prefix_sharing: bool = True,
     empty_bias: Optional[float] = None,
-    prepack: Optional[bool] = None,
-    draft_tokens: int = 1,
-    retain_memory: Optional[bool] = None,
-    lean_forward: bool = True,
-    common_prefix: bool = True,
-    prefill_attention: str = "auto",
     student: Optional[Student] = None,
     num_actors: int = 2,
     num_gpus: float = 0.0,
@@ -365,56 +398,43 @@ def make_ray_student_v1(
     max_in_flight: int = 2,
     max_retries: int = 2,
     address: Optional[str] = None,
+    prepack: Optional[bool] = None,
+    draft_tokens: int = 1,
+    retain_memory: Optional[bool] = None,
+    lean_forward: bool = True,
+    common_prefix: bool = True,
+    prefill_attention: str = "auto",
 ) -> RayStudent:
-    """The student in a pool of Ray actors; the pipeline stays in this process.
+    """:func:`make_ray_student_v2` with the HFStudent.v1 settings written out
+    flat (kept so that older configs load; new configs nest a student block).
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
-        adapter, prefix_sharing, empty_bias, prepack, draft_tokens, retain_memory,
-        lean_forward, common_prefix, prefill_attention: the settings of
-        ``spacy_uniner.HFStudent.v1``, used by each actor (device "cuda" uses the
-        actor's ``num_gpus``).
-    student (Optional[Student]): any other student block instead (e.g.
-        ``test.ScriptedStudent.v1``); then the HF settings must stay at their
-        defaults. It is built here (an HFStudent loads no weights until asked)
-        and a pickled copy goes to every actor.
-    num_actors (int): actors in the pool.
-    num_gpus (float): GPUs per actor (fractions share a GPU).
-    num_cpus (float): CPUs per actor.
-    chunk_size (int): prompts per request to an actor (more where a passage's
-        type queries would otherwise be split).
-    max_in_flight (int): requests queued on each actor at a time.
-    max_retries (int): how often a chunk is sent again after its actor died.
-    address (Optional[str]): the Ray cluster to join if Ray is not started yet
-        (default: ``$RAY_ADDRESS``, else a local Ray).
+        adapter, prefix_sharing, empty_bias: ``spacy_uniner.HFStudent.v1``'s
+        settings for each actor. prepack, draft_tokens, retain_memory,
+        lean_forward, common_prefix, prefill_attention: HFStudent.v1's retired
+        speed settings (ignored, as there).
+    student (Optional[Student]): any other student block instead; then the HF
+        settings must stay at their defaults.
     """
     hf = {
-        "name": name,
-        "device": device,
-        "dtype": dtype,
-        "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size,
-        "threads": threads,
-        "allow_download": allow_download,
-        "adapter": adapter,
-        "prefix_sharing": prefix_sharing,
-        "empty_bias": empty_bias,
-        "prepack": prepack,
-        "draft_tokens": draft_tokens,
-        "retain_memory": retain_memory,
-        "lean_forward": lean_forward,
-        "common_prefix": common_prefix,
+        "name": name, "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size, "threads": threads, "allow_download": allow_download,
+        "adapter": adapter, "prefix_sharing": prefix_sharing, "empty_bias": empty_bias,
+        "prepack": prepack, "draft_tokens": draft_tokens, "retain_memory": retain_memory,
+        "lean_forward": lean_forward, "common_prefix": common_prefix,
         "prefill_attention": prefill_attention,
     }
     if student is None:
         student = make_hf_student_v1(**hf)
     else:
-        changed = sorted(k for k, v in hf.items() if v != HF_DEFAULTS[k])
+        signature = inspect.signature(make_ray_student_v1).parameters
+        changed = sorted(k for k, v in hf.items() if v != signature[k].default)
         if changed:
             raise ValueError(
                 f"RayStudent: give either a student block or HF settings, not both "
                 f"(set: {', '.join(changed)})"
             )
-    return RayStudent(
+    return make_ray_student_v2(
         student,
         num_actors=num_actors,
         num_gpus=num_gpus,

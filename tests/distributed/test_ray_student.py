@@ -9,7 +9,7 @@ import spacy
 
 from spacy_uniner import prompts
 from spacy_uniner.models.hf import HFStudent
-from spacy_uniner.models.ray_student import RayStudent, make_ray_student_v1
+from spacy_uniner.models.ray_student import RayStudent, make_ray_student_v1, make_ray_student_v2
 from spacy_uniner.testing import ScriptedStudent
 
 from .conftest import (
@@ -44,7 +44,7 @@ def test_same_spans_as_in_process_through_a_killed_actor(ray_cluster, exit_flag)
         config={
             "labels": LABELS,
             "model": {
-                "@uniner_models": "spacy_uniner.RayStudent.v1",
+                "@uniner_models": "spacy_uniner.RayStudent.v2",
                 "num_actors": 2,
                 "chunk_size": 4,
                 "student": exit_once_block(exit_flag),
@@ -88,7 +88,7 @@ def test_same_spans_as_in_process_through_a_killed_actor(ray_cluster, exit_flag)
 def test_student_errors_go_to_the_error_handler_in_order(ray_cluster):
     nlp = spacy.blank("en")
     model = {
-        "@uniner_models": "spacy_uniner.RayStudent.v1",
+        "@uniner_models": "spacy_uniner.RayStudent.v2",
         "num_actors": 2,
         "chunk_size": 2,
         "student": scripted_block(),
@@ -119,13 +119,11 @@ def test_tiny_model_gives_identical_generations(ray_cluster, tiny_model_dir):
         for text in ("Ada Lovelace wrote to Babbage.", "Paris is in France.", "Hi.")
         for label in ("person", "city")
     ]
-    # the prefill attention fixed: "auto" times SDPA against oneDNN at load, and two
-    # processes on a loaded host can choose differently (last-bit differences)
-    settings = dict(max_new_tokens=6, batch_size=8, threads=1, prefill_attention="sdpa")
+    settings = dict(max_new_tokens=6, batch_size=8, threads=1)
     local = HFStudent(str(tiny_model_dir), **settings).generate(queries)
     # one chunk: the same batches as in-process, so bit-identical log-probabilities
-    student = make_ray_student_v1(
-        name=str(tiny_model_dir), num_actors=2, chunk_size=len(queries), **settings
+    student = make_ray_student_v2(
+        HFStudent(str(tiny_model_dir), **settings), num_actors=2, chunk_size=len(queries)
     )
     try:
         remote = student.generate(queries)
@@ -150,3 +148,17 @@ def test_settings_are_checked(tiny_model_dir):
     assert isinstance(student.student, HFStudent) and student.student.max_new_tokens == 5
     assert student.token_offsets("Ada met Bob")  # the tokenizer runs here, no actors
     assert student.actors == []
+    # v2: the student is a nested block, any registered student; default HFStudent.v1
+    nlp = spacy.blank("en")
+    block = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": str(tiny_model_dir),
+             "max_new_tokens": 7}
+    nlp.add_pipe("universal_ner", config={
+        "labels": LABELS,
+        "model": {"@uniner_models": "spacy_uniner.RayStudent.v2", "num_actors": 3,
+                  "student": block},
+    })
+    pooled = nlp.get_pipe("universal_ner").model
+    assert isinstance(pooled.student, HFStudent) and pooled.student.max_new_tokens == 7
+    assert pooled.num_actors == 3 and pooled.actors == []
+    assert "[components.universal_ner.model.student]" in nlp.config.to_str()
+    assert make_ray_student_v2().student.name == "default"
