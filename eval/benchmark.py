@@ -1,7 +1,13 @@
-"""Score a student on the paper's zero-shot suite or on any benchmark file.
+"""Score a student on the dev suite, the paper's zero-shot suite or any benchmark file.
 
+    python -m eval.benchmark --model default --suite dev --output eval/results/dev
     python -m eval.benchmark --model default --suite zero-shot --limit 5 --output eval/results/x
     python -m eval.benchmark --model PATH --data test.txt --format bio --label-map crossner_ai
+
+The dev suite (held-out Pile-NER passages, CoNLL-2003 dev, BC5CDR dev as plain
+questions; ``spacy_uniner.benchmarks.DEV_SUITE``) is where choices are made; it
+asks a seeded 200 passages per set unless ``--limit`` says otherwise. The
+zero-shot suite is test data: run it to report, never to choose.
 
 Writes to ``--output``: ``metrics.json``, ``predictions.jsonl`` (one line per
 query), ``results.md`` (the paper's rows beside ours), ``f1.png`` and
@@ -25,6 +31,7 @@ DEFAULT_SHARED = Path(os.environ.get("UNINER_SHARED_DATA", ROOT.parent / "shared
 
 
 class Suite(str, Enum):
+    dev = "dev"
     zero_shot = "zero-shot"
 
 
@@ -116,9 +123,11 @@ def main(
         None, exists=True, file_okay=False, help="a LoRA adapter folder over --model"),
     model_config: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False, help="JSON model block (overrides --model)"),
-    suite: Optional[Suite] = typer.Option(None, help="the paper's zero-shot suite"),
+    suite: Optional[Suite] = typer.Option(
+        None, help="dev (for choices: Pile-NER dev split, CoNLL-2003 dev, BC5CDR dev) or "
+        "zero-shot (the paper's test suite, to report)"),
     only: Optional[str] = typer.Option(
-        None, help="with --suite: comma-separated columns, e.g. 'AI,Movie'"),
+        None, help="with --suite: comma-separated columns, e.g. 'AI,Movie' or 'bc5cdr-dev'"),
     data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="a benchmark file"),
     format: Format = typer.Option(
         Format.uniner, "--format",
@@ -127,7 +136,8 @@ def main(
         None, help="BIO only: built-in map name (e.g. crossner_ai, mit_movie) or JSON file"),
     name: Optional[str] = typer.Option(None, help="dataset name for --data"),
     limit: Optional[int] = typer.Option(
-        None, min=1, help="seeded sample of N passages per dataset"),
+        None, min=1, help="seeded sample of N passages per dataset (default: all; 200 for "
+        "--suite dev)"),
     seed: int = typer.Option(0, help="seed for --limit"),
     output: Path = typer.Option(Path("eval/results/latest"), help="output folder"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (for --suite)"),
@@ -146,8 +156,12 @@ def main(
     from tqdm import tqdm
 
     from spacy_uniner.benchmarks import (
+        DEV_LIMIT,
+        DEV_SUITE,
+        SENTENCES_PER_PASSAGE,
         ZERO_SHOT,
         averages,
+        dev_suite,
         load_benchmark,
         markdown_table,
         run_benchmark,
@@ -161,12 +175,17 @@ def main(
         raise typer.BadParameter("--label-map applies to BIO files", param_hint="--label-map")
     started = time.time()
     if suite is not None:
+        known = DEV_SUITE if suite == Suite.dev else ZERO_SHOT
         columns = [c.strip() for c in only.split(",") if c.strip()] if only else None
-        unknown = sorted(set(columns or []) - set(ZERO_SHOT))
+        unknown = sorted(set(columns or []) - set(known))
         if unknown:
-            raise typer.BadParameter(f"unknown columns {unknown}; use {', '.join(ZERO_SHOT)}",
+            raise typer.BadParameter(f"unknown columns {unknown}; use {', '.join(known)}",
                                      param_hint="--only")
-        benches = zero_shot_suite(shared_data, limit=limit, seed=seed, columns=columns)
+        if suite == Suite.dev:
+            limit = DEV_LIMIT if limit is None else limit
+            benches = dev_suite(shared_data, limit=limit, seed=seed, columns=columns)
+        else:
+            benches = zero_shot_suite(shared_data, limit=limit, seed=seed, columns=columns)
     else:
         bench = load_benchmark(data, format.value, name=name, label_map=label_map,
                                limit=limit, seed=seed)
@@ -213,9 +232,15 @@ def main(
     title = "ours" if model_config else Path(model).name + (" + adapter" if adapter else "")
     sample = (f"a seeded sample of {limit} passages per dataset (seed {seed})" if limit
               else "all passages")
-    note = (f"F1 × 100. Ours: `{title}` on {sample}. The paper's rows use the full test sets "
-            f"and UniNER's string metric (arXiv:2308.03279v2, Tab. 3); compare them with our "
-            f"'UniNER string F1' row.")
+    if suite == Suite.dev:
+        note = (f"F1 × 100 on the dev suite. Ours: `{title}` on {sample} (Pile-NER dev: each "
+                f"passage asked only its queried types; CoNLL-2003 and BC5CDR dev: plain "
+                f"questions, {SENTENCES_PER_PASSAGE} sentences per passage, CoNLL's MISC not "
+                f"asked).")
+    else:
+        note = (f"F1 × 100. Ours: `{title}` on {sample}. The paper's rows use the full test "
+                f"sets and UniNER's string metric (arXiv:2308.03279v2, Tab. 3); compare them "
+                f"with our 'UniNER string F1' row.")
     table = markdown_table(per_column, title=title, note=note)
     (output / "results.md").write_text(table)
     write_chart(per_column, output / "f1.png", title,

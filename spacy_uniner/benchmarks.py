@@ -17,6 +17,11 @@ Loaders
   * :func:`zero_shot_suite`: the paper's zero-shot datasets (CrossNER AI,
     literature, music, politics, science; MIT Movie, built from the BIO file
     because UniversalNER never released its JSON; MIT Restaurant).
+  * :func:`dev_suite`: where modelling choices are made (:data:`DEV_SUITE`):
+    the held-out Pile-NER passages (:func:`load_pile_ner_dev`, each asked only
+    its own queried types) and CoNLL-2003 / BC5CDR dev as plain questions,
+    :data:`SENTENCES_PER_PASSAGE` sentences per passage
+    (:func:`group_sentences`, the grouping training uses).
 
 Runner
   :func:`run_benchmark` asks a pipeline with the ``universal_ner`` component
@@ -64,6 +69,9 @@ class Passage:
     spaces: List[bool]
     spans: List[CharSpan]
     answers: Dict[str, str]  # type -> gold answer as a JSON list (UniNER's format)
+    # The types asked of this passage when they are not the benchmark's (Pile-NER:
+    # the gold is complete for the queried types only); None: the benchmark's labels.
+    labels: Optional[List[str]] = None
 
     @property
     def text(self) -> str:
@@ -79,6 +87,10 @@ class Benchmark:
     passages: List[Passage]
     source: str = ""
     stats: Counter = field(default_factory=Counter)
+
+    def labels_of(self, passage: Passage) -> List[str]:
+        """The types asked of ``passage``: its own, else the benchmark's."""
+        return self.labels if passage.labels is None else passage.labels
 
     def sample(self, limit: Optional[int], seed: int = 0) -> "Benchmark":
         """A deterministic sample of ``limit`` passages (file order kept)."""
@@ -196,26 +208,74 @@ def load_uniner_json(
         groups = [groups[i] for i in keep]
     for g in groups:
         words, spaces = _words_of(g["text"])
-        passage = Passage(g["first_id"], words, spaces, [], g["answers"])
-        text = passage.text
-        spans = set()
-        for label, answer in g["answers"].items():
-            try:
-                mentions = json.loads(answer)
-            except json.JSONDecodeError:
-                bench.stats["gold_unparseable"] += 1
-                continue
-            for mention in dict.fromkeys(m for m in mentions if isinstance(m, str)):
-                found = find_mentions(text, mention)
-                if not found:
-                    bench.stats["gold_mentions_not_found"] += 1
-                    logger.info("%s: gold %r (%s) not in passage %s", bench.name, mention, label,
-                                passage.id)
-                for s, e in found:
-                    spans.add((s, e, label))
-        passage.spans = sorted(spans)
-        bench.stats["gold_spans"] += len(spans)
-        bench.passages.append(passage)
+        _add_answered_passage(bench, Passage(g["first_id"], words, spaces, [], g["answers"]))
+    bench.stats["passages"] = len(bench.passages)
+    bench.stats["queries"] = sum(len(p.answers) for p in bench.passages)
+    return bench
+
+
+def _add_answered_passage(bench: Benchmark, passage: Passage) -> None:
+    """Gold spans from the passage's answers (every occurrence of each mention), then
+    append it; mentions not in the text and unparseable answers are counted."""
+    text = passage.text
+    spans = set()
+    for label, answer in passage.answers.items():
+        try:
+            mentions = json.loads(answer)
+        except json.JSONDecodeError:
+            bench.stats["gold_unparseable"] += 1
+            continue
+        for mention in dict.fromkeys(m for m in mentions if isinstance(m, str)):
+            found = find_mentions(text, mention)
+            if not found:
+                bench.stats["gold_mentions_not_found"] += 1
+                logger.info("%s: gold %r (%s) not in passage %s", bench.name, mention, label,
+                            passage.id)
+            for s, e in found:
+                spans.add((s, e, label))
+    passage.spans = sorted(spans)
+    bench.stats["gold_spans"] += len(spans)
+    bench.passages.append(passage)
+
+
+# --- Pile-NER (the dev split) --------------------------------------------------------
+
+
+def load_pile_ner_dev(
+    path: Union[str, Path], name: str = "pile-ner-dev", *, limit: Optional[int] = None,
+    seed: int = 0,
+) -> Benchmark:
+    """The held-out Pile-NER passages (:func:`spacy_uniner.splits.split_pile_ner`).
+
+    path: the Pile-NER query file (one (passage, type) query per line with
+        ChatGPT's answer).
+    Each passage is asked only the types it was queried about (1-7, in
+    ``Passage.labels``): the file's answers list every mention of a queried
+    type but not every entity of the passage, so other types cannot be scored.
+    ``Benchmark.labels`` is the union, for reports. limit, seed: as
+    ``Benchmark.sample``.
+    """
+    from .splits import PILE_DEV_FRACTION, PILE_DEV_SEED, split_pile_ner
+    from .training.data import read_pile_ner
+
+    path = Path(path)
+    split = split_pile_ner(read_pile_ner(path))
+    source = (f"{path} (dev split: {PILE_DEV_FRACTION:.0%} of passages by text, "
+              f"seed {PILE_DEV_SEED})")
+    bench = Benchmark(name, [], [], source)
+    held_out = split.dev
+    keep = sample_indices(len(held_out), limit, seed, name)
+    if keep is not None:
+        bench.stats["passages_in_file"] = len(held_out)
+        held_out = [held_out[i] for i in keep]
+    labels: Dict[str, None] = {}
+    for p in held_out:
+        asked = list(p.positives) + [t for t in p.known_negatives if t not in p.positives]
+        labels.update(dict.fromkeys(asked))
+        words, spaces = _words_of(p.text)
+        answers = {t: json.dumps(p.positives.get(t, []), ensure_ascii=False) for t in asked}
+        _add_answered_passage(bench, Passage(p.id, words, spaces, [], answers, labels=asked))
+    bench.labels = list(labels)
     bench.stats["passages"] = len(bench.passages)
     bench.stats["queries"] = sum(len(p.answers) for p in bench.passages)
     return bench
@@ -404,6 +464,50 @@ def load_bio(
     return bench
 
 
+#: Consecutive BIO sentences joined into one passage, for training and the dev suite.
+SENTENCES_PER_PASSAGE = 4
+
+
+def group_sentences(bench: Benchmark, size: int = SENTENCES_PER_PASSAGE) -> Benchmark:
+    """Join every ``size`` consecutive passages (BIO sentences) into one.
+
+    The text is the sentences joined by single spaces (what training reads:
+    :func:`spacy_uniner.training.data.read_bio_passages` uses this); spans move
+    with their sentence and the gold answers are concatenated per type. Group
+    ``k`` is ``{name}-g{k}``. Group before sampling, so that a sample is of
+    passages.
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if size == 1:
+        return bench
+    out = Benchmark(bench.name, list(bench.labels), [], f"{bench.source}, {size} sentences "
+                    f"per passage", Counter(bench.stats))
+    for k, i in enumerate(range(0, len(bench.passages), size)):
+        chunk = bench.passages[i:i + size]
+        words: List[str] = []
+        spaces: List[bool] = []
+        spans: List[CharSpan] = []
+        mentions: Dict[str, List[str]] = {}
+        offset = 0
+        for p in chunk:
+            if words:
+                spaces[-1] = True
+                offset += 1
+            spans += [(s + offset, e + offset, label) for s, e, label in p.spans]
+            for label, answer in p.answers.items():
+                mentions.setdefault(label, []).extend(json.loads(answer))
+            offset += len(p.text)
+            words += p.words
+            spaces += p.spaces
+        answers = {label: json.dumps(m) for label, m in mentions.items()}
+        out.passages.append(Passage(f"{bench.name}-g{k}", words, spaces, spans, answers))
+    out.stats["sentences"] = len(bench.passages)
+    out.stats["passages"] = len(out.passages)
+    out.stats["queries"] = sum(len(out.labels_of(p)) for p in out.passages)
+    return out
+
+
 # --- the zero-shot suite -------------------------------------------------------------
 
 #: Paper column → (dataset name, format, path relative to the shared data folder).
@@ -480,13 +584,57 @@ def zero_shot_suite(
     return out
 
 
+# --- the dev suite -------------------------------------------------------------------
+
+#: Where every modelling choice is made (DESIGN.md, "Dev suite vs test suite"): dataset
+#: name → (format, path under the shared data folder, label map). No zero-shot test file
+#: (CrossNER domains, MIT) is here. The BIO sets are asked as plain questions: natural
+#: type names without catch-all tags (:func:`spacy_uniner.label_maps.plain_label_map`;
+#: CoNLL-2003 ``misc`` is left out) and no ``Dataset:`` field.
+DEV_SUITE: Dict[str, Tuple[str, str, Optional[str]]] = {
+    "pile-ner-dev": ("pile-ner", "pile-ner/pile_ner_type_subset.jsonl", None),
+    "conll2003-dev": ("bio", "benchmarks/bio/crossner/conll2003/dev.txt", "conll2003"),
+    "bc5cdr-dev": ("bio", "benchmarks/bio/bc5cdr/devel.tsv", "bc5cdr"),
+}
+#: Seeded passages per dev set when no limit is given (Pile-NER's dev split has fewer:
+#: all of them are asked).
+DEV_LIMIT = 200
+
+
+def dev_suite(
+    shared_data: Union[str, Path], *, limit: Optional[int] = DEV_LIMIT, seed: int = 0,
+    columns: Optional[Sequence[str]] = None,
+) -> Dict[str, Benchmark]:
+    """The dev suite's datasets, keyed by their names (:data:`DEV_SUITE`).
+
+    limit, seed: a seeded sample of passages per dataset (None: every passage).
+    columns: only these datasets (default: all three).
+    """
+    from .label_maps import plain_label_map
+
+    root = Path(shared_data)
+    out = {}
+    for name, (fmt, rel, label_map) in DEV_SUITE.items():
+        if columns is not None and name not in columns:
+            continue
+        if fmt == "pile-ner":
+            out[name] = load_pile_ner_dev(root / rel, name, limit=limit, seed=seed)
+            continue
+        bench = load_bio(root / rel, label_map=plain_label_map(label_map), name=name)
+        out[name] = group_sentences(bench).sample(limit, seed)
+    return out
+
+
 # --- running -------------------------------------------------------------------------
 
 
 def _fingerprint(model_config: Dict[str, Any], bench: Benchmark, component_config: Dict) -> str:
+    # Per-passage labels come with the passage (its id fixes them); their union
+    # depends on the sample, which a cache may grow across runs.
+    per_passage = any(p.labels is not None for p in bench.passages)
     payload = json.dumps(
         {"model": model_config, "component": component_config, "dataset": bench.name,
-         "labels": bench.labels, "source": bench.source},
+         "labels": "per passage" if per_passage else bench.labels, "source": bench.source},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(payload.encode("utf8")).hexdigest()[:16]
@@ -592,7 +740,9 @@ def run_benchmark(
     """Predict (resuming from ``cache_path``) and score one benchmark.
 
     nlp: a pipeline whose ``pipe_name`` component is ``universal_ner``; its
-        labels are replaced per call by the benchmark's types.
+        labels are replaced per call by the benchmark's types (or a passage's
+        own, :meth:`Benchmark.labels_of`: passages of a batch that are asked
+        different types go to the pipeline in one call per set of types).
     cache_path: the JSONL cache of finished passages for this dataset.
     model_config: what identifies the model, for the cache's fingerprint.
     batch_size: passages per ``nlp.pipe`` batch (all their queries are sent
@@ -614,10 +764,16 @@ def run_benchmark(
         progress(from_cache)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        docs = [bench.predicted_doc(p, nlp.vocab) for p in chunk]
-        done = nlp.pipe(docs, batch_size=batch_size,
-                        component_cfg={pipe_name: {"labels": bench.labels}})
-        cache.add(_record(p, d, spans_key, pipe_name) for p, d in zip(chunk, done))
+        by_labels: Dict[Tuple[str, ...], List[Passage]] = {}
+        for p in chunk:
+            by_labels.setdefault(tuple(bench.labels_of(p)), []).append(p)
+        records = []
+        for labels, group in by_labels.items():
+            docs = [bench.predicted_doc(p, nlp.vocab) for p in group]
+            done = nlp.pipe(docs, batch_size=batch_size,
+                            component_cfg={pipe_name: {"labels": list(labels)}})
+            records += [_record(p, d, spans_key, pipe_name) for p, d in zip(group, done)]
+        cache.add(records)
         if progress:
             progress(len(chunk))
     examples, predictions = [], []
@@ -693,7 +849,9 @@ def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours"
                    note: str = "") -> str:
     """The paper's zero-shot rows beside ours (F1 × 100), one column per dataset + Avg.
 
-    Paper rows are shown only when every column is a suite dataset.
+    Paper rows are shown only when every column is a suite dataset. When every
+    column has its ``counts``, a last row gives n: passages (queries) per
+    dataset, their totals under Avg.
     """
     columns = list(per_column)
     suite = all(c in ZERO_SHOT for c in columns)
@@ -713,6 +871,12 @@ def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours"
         vals = [100 * per_column[c][metric]["f"] for c in columns]
         cells = [f"{v:.1f}" for v in vals] + [f"{sum(vals) / len(vals):.1f}"]
         lines.append(f"| {title}: {label} | " + " | ".join(cells) + " |")
+    if all("counts" in per_column[c] for c in columns):
+        sizes = [(per_column[c]["counts"]["passages"], per_column[c]["counts"]["queries"])
+                 for c in columns]
+        sizes.append((sum(p for p, _ in sizes), sum(q for _, q in sizes)))
+        lines.append("| n: passages (queries) | "
+                     + " | ".join(f"{p:,} ({q:,})" for p, q in sizes) + " |")
     text = "\n".join(lines) + "\n"
     if note:
         text += "\n" + note.strip() + "\n"
@@ -721,6 +885,8 @@ def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours"
 
 __all__ = [
     "Benchmark",
+    "DEV_LIMIT",
+    "DEV_SUITE",
     "DOMAINS",
     "DatasetResult",
     "PAPER_PARTIAL",
@@ -728,12 +894,16 @@ __all__ = [
     "PRF",
     "Passage",
     "PredictionCache",
+    "SENTENCES_PER_PASSAGE",
     "ZERO_SHOT",
     "averages",
     "bio_entities",
     "detect_column_order",
+    "dev_suite",
+    "group_sentences",
     "load_benchmark",
     "load_bio",
+    "load_pile_ner_dev",
     "load_uniner_json",
     "markdown_table",
     "run_benchmark",

@@ -18,6 +18,12 @@ Choices worth knowing:
   so the BIO file and ``mit-restaurant.json`` ask the same questions.
 * MIT Movie (UniversalNER never published its JSON) uses lower-case words,
   e.g. ``RATINGS_AVERAGE`` → ``average ratings``.
+* Plain questions (no ``Dataset:`` field: the dev suite's CoNLL-2003 and
+  BC5CDR sets, and the ``--plain-share`` of their training passages) ask the
+  same natural names but leave catch-all tags out (:func:`plain_label_map`):
+  CoNLL-2003 ``misc`` means "whatever the guidelines did not put elsewhere",
+  which no user asks for, so it is asked only under ``Dataset: CoNLL-2003``
+  (as ``miscellaneous entity``) and its tokens count as ``O`` otherwise.
 
 A user map is a JSON object ``{"raw tag": "type" | null}``, given as a path
 (``--label-map my_map.json``) or a built-in name (``--label-map mit_movie``).
@@ -28,7 +34,7 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -93,6 +99,35 @@ def load_label_map(spec: Union[None, str, Path, Mapping]) -> Optional[LabelMap]:
     except json.JSONDecodeError as err:
         raise ValueError(f"Label map {path} is not valid JSON: {err}") from err
     return _validate(data, str(path))
+
+
+#: Raw tags of catch-all classes (the ELSE family of the teacher's filter, paper §3.1):
+#: their meaning is the dataset's guidelines, so plain questions do not ask them.
+CATCH_ALL_TAGS = frozenset({"misc", "miscellaneous", "other", "others", "else"})
+
+
+def plain_label_map(spec: Union[str, Path, Mapping]) -> LabelMap:
+    """The natural type names for plain questions: ``spec``'s map with catch-all
+    tags (:data:`CATCH_ALL_TAGS`) dropped.
+
+    spec: as for :func:`load_label_map` (not None).
+    RETURNS (LabelMap): a new map; tags it drops map to None.
+    """
+    mapping = load_label_map(spec)
+    if mapping is None:
+        raise ValueError("plain_label_map needs a label map, got None")
+    return {tag: (None if tag.lower() in CATCH_ALL_TAGS else label)
+            for tag, label in mapping.items()}
+
+
+def tag_names(label_map: Mapping[str, Optional[str]]) -> Dict[str, List[str]]:
+    """Natural type → the raw tags that map to it (e.g. ``organization`` →
+    ``["organisation"]``), the other names a passage's types go by."""
+    out: Dict[str, List[str]] = {}
+    for tag, label in label_map.items():
+        if label is not None:
+            out.setdefault(label, []).append(tag)
+    return out
 
 
 def map_tag(tag: str, label_map: Optional[LabelMap], warned: Optional[set] = None) -> Optional[str]:
