@@ -2,17 +2,23 @@
 
     python -m train.build_data --pile-ner ../shared/data/pile-ner/pile_ner_type_subset.jsonl \
         --bio ../shared/data/benchmarks/bio/crossner/conll2003/train.txt:CoNLL-2003:conll2003 \
-        --out corpus/instruct
+        --plain-share 0.5 --drop-known-negatives --out corpus/instruct
+
+The Pile-NER passages of the dev suite are left out (``--pile-split train``,
+the default); BIO sets are read in full unless ``--bio-limit`` is given.
 """
 
 import json
 import random
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from spacy_uniner.benchmarks import SENTENCES_PER_PASSAGE
+from spacy_uniner.splits import PILE_DEV_FRACTION, PILE_DEV_SEED, split_pile_ner
 from spacy_uniner.training.data import (
     EvalDataError,
     NEGATIVE_SAMPLING,
@@ -29,19 +35,38 @@ from spacy_uniner.training.data import (
 app = typer.Typer(add_completion=False)
 
 
+class PileSplit(str, Enum):
+    train = "train"
+    all = "all"
+
+
 @app.command()
 def main(
     out: Path = typer.Option(..., help="Output folder (a `datasets` dataset + stats.json)."),
     teacher: List[Path] = typer.Option([], help="Teacher output of ray_jobs.annotate (folder or file); repeatable."),
     pile_ner: List[Path] = typer.Option([], help="Pile-NER query JSONL (real ChatGPT answers); repeatable."),
+    pile_split: PileSplit = typer.Option(
+        PileSplit.train, help="Pile-NER passages to use: train (leaves out the dev suite's "
+        f"held-out {PILE_DEV_FRACTION:.0%}) or all."),
     bio: List[str] = typer.Option(
         [], help="Human-labelled BIO set as PATH:DATASET_NAME:LABEL_MAP (built-in map name or JSON path); repeatable."
     ),
-    bio_limit: Optional[int] = typer.Option(None, help="Seeded sample of passages per BIO set."),
-    sentences_per_passage: int = typer.Option(4, help="BIO sentences joined into one passage."),
+    bio_limit: Optional[int] = typer.Option(
+        None, help="Seeded sample of passages per BIO set (default: all)."),
+    plain_share: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="Share of each BIO set's passages asked as plain questions "
+        "(natural type names without catch-all tags, no Dataset: field)."),
+    sentences_per_passage: int = typer.Option(
+        SENTENCES_PER_PASSAGE, min=1, help="BIO sentences joined into one passage."),
     negative_sampling: str = typer.Option("frequency", help=f"One of {', '.join(NEGATIVE_SAMPLING)}."),
     negatives: int = typer.Option(2, help="Negative types per open-type passage."),
     negative_ratio: Optional[float] = typer.Option(None, help="Negatives as a ratio of positives (overrides --negatives)."),
+    drop_known_negatives: bool = typer.Option(
+        False, help="Drop a sampled negative type the passage is known to contain (its positive "
+        "types; for BIO passages also their raw tags), counted in stats.json."),
+    bio_negatives: int = typer.Option(
+        0, min=0, help="Sampled negative types added to each BIO passage asked with the "
+        "dataset-specific template."),
     variant: str = typer.Option("type", help=f"One of {', '.join(VARIANTS)}."),
     definitions: Optional[Path] = typer.Option(None, help="type_definitions.json for --variant definition."),
     limit: Optional[int] = typer.Option(None, help="Seeded sample of open-type passages."),
@@ -50,13 +75,19 @@ def main(
 ) -> None:
     """Teacher / Pile-NER / BIO data → one multi-turn conversation per passage."""
     passages = []
+    pile_dev_left_out = 0
     try:
         for path in teacher:
             check_not_eval_data(path, allow_eval_data)
             passages += read_teacher_output(path)
         for path in pile_ner:
             check_not_eval_data(path, allow_eval_data)
-            passages += read_pile_ner(path)
+            pile = read_pile_ner(path)
+            if pile_split == PileSplit.train:
+                split = split_pile_ner(pile)
+                pile = split.train
+                pile_dev_left_out += len(split.dev)
+            passages += pile
         if limit is not None and limit < len(passages):
             rng = random.Random(seed)
             passages = [passages[i] for i in sorted(rng.sample(range(len(passages)), limit))]
@@ -68,6 +99,7 @@ def main(
             passages += read_bio_passages(
                 path, name, label_map, sentences_per_passage=sentences_per_passage,
                 limit=bio_limit, seed=seed, allow_eval_data=allow_eval_data,
+                plain_share=plain_share,
             )
     except EvalDataError as err:
         raise typer.BadParameter(str(err)) from None
@@ -80,6 +112,7 @@ def main(
     conversations, stats = build_conversations(
         passages, negative_sampling=negative_sampling, negatives=negatives,
         negative_ratio=negative_ratio, variant=variant, definitions=defs, seed=seed,
+        drop_known_negatives=drop_known_negatives, bio_negatives=bio_negatives,
     )
     out.mkdir(parents=True, exist_ok=True)
     conversations_to_dataset(conversations).save_to_disk(str(out))
@@ -90,6 +123,12 @@ def main(
         "negative_ratio": negative_ratio,
         "variant": variant,
         "seed": seed,
+        "plain_share": plain_share,
+        "drop_known_negatives": drop_known_negatives,
+        "bio_negatives": bio_negatives,
+        "bio_limit": bio_limit,
+        "pile_ner_split": {"used": pile_split.value, "dev_fraction": PILE_DEV_FRACTION,
+                           "dev_seed": PILE_DEV_SEED, "dev_passages_left_out": pile_dev_left_out},
         "inputs": {"teacher": [str(p) for p in teacher], "pile_ner": [str(p) for p in pile_ner],
                    "bio": bio},
     }

@@ -12,7 +12,22 @@ paper's best). Variants:
 * ``all-in-one``: one question for all types, answered with ``[mention, type]`` pairs.
 
 Human-labelled BIO sets use the dataset-specific template (``Dataset: {name}``)
-and ask about every type of their label map.
+and ask about every type of their label map; a seeded share of their passages
+(``plain_share``) is asked as plain questions instead: no ``Dataset:`` field
+and the natural names without catch-all tags
+(:func:`spacy_uniner.label_maps.plain_label_map`, as the dev suite asks them).
+
+The Pile-NER passages of the dev suite (:func:`spacy_uniner.splits.split_pile_ner`)
+are left out by ``train.build_data`` unless asked for.
+
+``drop_known_negatives`` drops a sampled negative type that the passage is
+known to contain: one of its positive types or, for BIO passages, the raw tag
+of one (``organisation``), compared after :func:`type_key` (lower case,
+punctuation to spaces, a plural ``s`` off). Sampled negatives come from the
+open-type passages' types; BIO passages get them only with ``bio_negatives``
+and only under the dataset-specific template, where "not a type of this
+dataset" is a true answer: under a plain question, a type the set never
+labels (``date`` in CoNLL-2003) may well be in the text.
 """
 
 import json
@@ -25,6 +40,8 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .. import prompts
+from ..benchmarks import DEV_SUITE, SENTENCES_PER_PASSAGE, group_sentences, load_bio
+from ..label_maps import load_label_map, plain_label_map, tag_names
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -48,6 +65,7 @@ class Passage:
     dataset: Optional[str] = None  # set for the dataset-specific template
     known_negatives: List[str] = field(default_factory=list)  # types labelled empty
     closed_types: Optional[List[str]] = None  # human-labelled: ask exactly these
+    aliases: List[str] = field(default_factory=list)  # other names of positive types (raw tags)
 
 
 @dataclass
@@ -73,12 +91,22 @@ class EvalDataError(ValueError):
 
 
 def check_not_eval_data(path: Union[str, Path], allow: bool) -> None:
-    """Refuse the paper's zero-shot evaluation sets unless explicitly allowed."""
-    if not allow and _EVAL_PATTERNS.search(str(path)):
+    """Refuse the paper's zero-shot evaluation sets and the dev suite's BIO files
+    unless explicitly allowed (the Pile-NER dev split is left out by the reader)."""
+    if allow:
+        return
+    if _EVAL_PATTERNS.search(str(path)):
         raise EvalDataError(
             f"{path} looks like a zero-shot evaluation set (CrossNER / MIT); training on it "
             f"would leak the benchmark. Pass --allow-eval-data if you really mean it."
         )
+    posix = Path(path).as_posix()
+    for name, (fmt, rel, _) in DEV_SUITE.items():
+        if fmt != "pile-ner" and posix.endswith(rel):
+            raise EvalDataError(
+                f"{path} is the dev suite's {name}; choices made on a set the student was "
+                f"trained on mean nothing. Pass --allow-eval-data if you really mean it."
+            )
 
 
 def _clean_type(label: str) -> str:
@@ -163,36 +191,57 @@ def read_bio_passages(
     dataset: str,
     label_map: Union[str, Dict[str, Optional[str]], None],
     *,
-    sentences_per_passage: int = 4,
+    sentences_per_passage: int = SENTENCES_PER_PASSAGE,
     limit: Optional[int] = None,
     seed: int = 0,
     allow_eval_data: bool = False,
+    plain_share: float = 0.0,
 ) -> List[Passage]:
-    """A human-labelled BIO file, consecutive sentences joined into passages."""
-    from ..benchmarks import load_bio
+    """A human-labelled BIO file, consecutive sentences joined into passages
+    (:func:`spacy_uniner.benchmarks.group_sentences`, as the dev suite joins them).
 
+    limit, seed: a seeded sample of passages (None: all).
+    plain_share: the share of the (sampled) passages asked as plain questions
+        (seeded, exactly ``round(share * n)``): no ``Dataset:`` field, the types
+        of :func:`~spacy_uniner.label_maps.plain_label_map` (catch-all tags
+        such as CoNLL-2003 ``misc`` are not asked). The rest keep the
+        dataset-specific template and every type of the map.
+    """
+    if not 0.0 <= plain_share <= 1.0:
+        raise ValueError(f"plain_share must be within [0, 1], got {plain_share}")
     check_not_eval_data(path, allow_eval_data)
-    bench = load_bio(path, label_map=label_map, name=dataset)
+    mapping = load_label_map(label_map)
+    bench = group_sentences(load_bio(path, label_map=mapping, name=dataset),
+                            sentences_per_passage)
+    plain_types: List[str] = list(bench.labels)
+    aliases_of: Dict[str, List[str]] = {}
+    if mapping is not None:
+        plain = set(v for v in plain_label_map(mapping).values() if v)
+        plain_types = [t for t in bench.labels if t in plain]
+        aliases_of = tag_names(mapping)
     passages: List[Passage] = []
-    group = bench.passages
-    for i in range(0, len(group), sentences_per_passage):
-        chunk = group[i : i + sentences_per_passage]
-        text_parts, positives = [], {}
-        for p in chunk:
-            text = p.text
-            for s, e, label in p.spans:
-                mentions = positives.setdefault(label, [])
-                mention = text[s:e]
-                if mention not in mentions:
-                    mentions.append(mention)
-            text_parts.append(text)
-        passages.append(
-            Passage(f"{dataset}-{i // sentences_per_passage}", " ".join(text_parts), positives,
-                    dataset, dataset=dataset, closed_types=list(bench.labels))
-        )
+    for k, p in enumerate(bench.passages):
+        text = p.text
+        positives: Dict[str, List[str]] = {}
+        for s, e, label in p.spans:
+            mentions = positives.setdefault(label, [])
+            if text[s:e] not in mentions:
+                mentions.append(text[s:e])
+        aliases = [a for t in positives for a in aliases_of.get(t, []) if a != t]
+        passages.append(Passage(f"{dataset}-{k}", text, positives, dataset, dataset=dataset,
+                                closed_types=list(bench.labels), aliases=aliases))
     if limit is not None and limit < len(passages):
         rng = random.Random(f"{seed}:{dataset}")
         passages = [passages[i] for i in sorted(rng.sample(range(len(passages)), limit))]
+    n_plain = round(plain_share * len(passages))
+    rng = random.Random(f"{seed}:{dataset}:plain")
+    for i in rng.sample(range(len(passages)), n_plain):
+        p = passages[i]
+        p.dataset = None
+        p.closed_types = list(plain_types)
+        dropped = [t for t in p.positives if t not in plain_types]
+        p.aliases += [t for t in dropped if t not in p.aliases]  # still known to be there
+        p.positives = {t: m for t, m in p.positives.items() if t in plain_types}
     return passages
 
 
@@ -222,7 +271,23 @@ class BuildStats:
     mentions: int = 0
     distinct_types: int = 0
     types_without_definition: int = 0
+    plain_bio_passages: int = 0  # BIO passages asked as plain questions
+    dropped_known_negatives: int = 0  # sampled negatives the passage is known to contain
     by_source: Dict[str, int] = field(default_factory=dict)
+
+
+def type_key(label: str) -> str:
+    """A type compared lightly: lower case, punctuation to spaces, a plural ``s`` off
+    (``Organizations`` and ``organization``, ``chemical_compound`` and ``chemical compound``)."""
+    key = " ".join(re.sub(r"[\W_]+", " ", label.lower()).split())
+    if len(key) > 3 and key.endswith("s") and not key.endswith("ss"):
+        key = key[:-1]
+    return key
+
+
+def known_types(passage: Passage) -> set:
+    """The :func:`type_key` of every type the passage is known to contain."""
+    return {type_key(t) for t in list(passage.positives) + list(passage.aliases)}
 
 
 def type_frequencies(passages: Sequence[Passage]) -> Counter:
@@ -268,6 +333,8 @@ def build_conversations(
     variant: str = "type",
     definitions: Optional[Dict[str, str]] = None,
     seed: int = 0,
+    drop_known_negatives: bool = False,
+    bio_negatives: int = 0,
 ) -> Tuple[List[Conversation], BuildStats]:
     """Conversations (one per passage) and what went into them.
 
@@ -275,6 +342,11 @@ def build_conversations(
         a count, or a ratio of its positive types (rounded, at least 1 when the
         ratio is positive). Known negatives (types the teacher answered ``[]``)
         count towards it.
+    drop_known_negatives: drop (and count) a sampled negative whose
+        :func:`type_key` is that of a type the passage contains
+        (:func:`known_types`); it is not replaced.
+    bio_negatives: sampled negatives added to each BIO passage asked with the
+        dataset-specific template (plain ones get none), beside its own types.
     """
     if negative_sampling not in NEGATIVE_SAMPLING:
         raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}")
@@ -289,9 +361,14 @@ def build_conversations(
     out: List[Conversation] = []
     for p in passages:
         labels: List[str] = list(p.positives)
+        k_sampled = 0
         if p.closed_types is not None:
             negs = [t for t in p.closed_types if t not in p.positives]
             stats.known_negative_queries += len(negs)
+            if p.dataset is None:
+                stats.plain_bio_passages += 1
+            else:
+                k_sampled = bio_negatives
         else:
             if negative_ratio is not None:
                 k = round(negative_ratio * len(labels))
@@ -303,8 +380,15 @@ def build_conversations(
                 k = 0
             negs = list(p.known_negatives[:k])
             stats.known_negative_queries += len(negs)
-            sampled = sample_negatives(rng, freq, set(labels) | set(negs), k - len(negs),
+            k_sampled = k - len(negs)
+        if k_sampled > 0 and negative_sampling != "none":
+            sampled = sample_negatives(rng, freq, set(labels) | set(negs), k_sampled,
                                        negative_sampling)
+            if drop_known_negatives:
+                known = known_types(p)
+                kept = [t for t in sampled if type_key(t) not in known]
+                stats.dropped_known_negatives += len(sampled) - len(kept)
+                sampled = kept
             stats.sampled_negative_queries += len(sampled)
             negs += sampled
         if not labels and not negs:

@@ -9,11 +9,13 @@ from spacy_uniner.training.data import (
     Passage,
     build_conversations,
     check_not_eval_data,
+    known_types,
     load_definitions,
     read_bio_passages,
     read_pile_ner,
     read_teacher_rows,
     sample_negatives,
+    type_key,
 )
 
 
@@ -123,3 +125,157 @@ def test_teacher_rows():
     (p,) = read_teacher_rows(rows)
     assert p.positives == {"person": ["Ada", "Babbage"], "city": ["London"]}
     assert isinstance(p, Passage)
+
+
+# --- the dev split, BIO sets in full, plain questions, known negatives ------------------
+
+CONLL_TRAIN = "benchmarks/bio/crossner/conll2003/train.txt"
+BC5CDR_TRAIN = "benchmarks/bio/bc5cdr/train.tsv"
+
+
+def _build(tmp_path, *args):
+    from typer.testing import CliRunner
+
+    from train.build_data import app
+
+    out = tmp_path / "instruct"
+    result = CliRunner().invoke(app, [str(a) for a in args] + ["--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "stats.json").read_text())
+
+
+def test_build_data_leaves_out_the_pile_dev_split_by_default(shared_data, tmp_path):
+    from datasets import load_from_disk
+
+    from spacy_uniner.benchmarks import load_pile_ner_dev
+
+    pile_path = shared_data / "pile-ner" / "pile_ner_type_subset.jsonl"
+    dev = load_pile_ner_dev(pile_path)
+    out, stats = _build(tmp_path, "--pile-ner", pile_path)
+    assert stats["pile_ner_split"]["used"] == "train"
+    assert stats["pile_ner_split"]["dev_passages_left_out"] == len(dev.passages) == 131
+    trained = load_from_disk(str(out))
+    assert len(trained) == stats["conversations"] == 882 - 131
+    assert not {p.id for p in dev.passages} & set(trained["id"])
+    assert not {p.text for p in dev.passages} & set(trained["passage"])
+    out_all, stats_all = _build(tmp_path / "all", "--pile-ner", pile_path, "--pile-split", "all")
+    assert stats_all["pile_ner_split"] == {**stats["pile_ner_split"], "used": "all",
+                                           "dev_passages_left_out": 0}
+    assert stats_all["conversations"] == 882
+
+
+def test_bio_sets_are_read_in_full(shared_data):
+    conll = read_bio_passages(shared_data / CONLL_TRAIN, "CoNLL-2003", "conll2003")
+    assert len(conll) == -(-14041 // 4) == 3511
+    bc5cdr = read_bio_passages(shared_data / BC5CDR_TRAIN, "BC5CDR", "bc5cdr")
+    assert len(bc5cdr) == -(-4560 // 4) == 1140
+    convs, stats = build_conversations(conll + bc5cdr, seed=0)
+    assert stats.conversations == 3511 + 1140
+    assert stats.by_source == {"CoNLL-2003": 3511, "BC5CDR": 1140}
+    assert sum(len(m) for p in bc5cdr for m in p.positives.values()) > 5000
+
+
+def test_plain_share_asks_natural_names_without_dataset_field(shared_data):
+    from spacy_uniner.benchmarks import dev_suite
+
+    passages = read_bio_passages(shared_data / CONLL_TRAIN, "CoNLL-2003", "conll2003",
+                                 plain_share=0.5, seed=3)
+    plain = [p for p in passages if p.dataset is None]
+    assert len(plain) == round(0.5 * 3511)
+    dev_labels = dev_suite(shared_data, limit=1, columns=["conll2003-dev"])["conll2003-dev"].labels
+    convs, stats = build_conversations(passages, seed=0)
+    assert stats.plain_bio_passages == len(plain)
+    for conv, p in zip(convs, passages):
+        rendered = conv.render()
+        if p.dataset is None:
+            assert sorted(conv.labels) == sorted(dev_labels) == ["location", "organization",
+                                                                 "person"]
+            assert "Dataset:" not in rendered and "miscellaneous" not in rendered
+            assert conv.source == "CoNLL-2003"
+        else:
+            assert "miscellaneous entity" in conv.labels
+            assert rendered.count("Dataset: CoNLL-2003\n") == 1
+    # the plain passages are a seeded share: same seed, same passages; none without the flag
+    again = read_bio_passages(shared_data / CONLL_TRAIN, "CoNLL-2003", "conll2003",
+                              plain_share=0.5, seed=3)
+    assert [p.id for p in again if p.dataset is None] == [p.id for p in plain]
+    with_misc = [p for p in plain if "misc" in p.aliases]
+    assert with_misc and all("miscellaneous entity" not in p.positives for p in with_misc)
+    default = read_bio_passages(shared_data / BC5CDR_TRAIN, "BC5CDR", "bc5cdr", limit=30)
+    assert all(p.dataset == "BC5CDR" for p in default)
+
+
+def test_type_key_and_known_types():
+    assert type_key("Organizations") == type_key("organization") == "organization"
+    assert type_key("chemical_compound") == type_key("Chemical compound")
+    assert type_key("class") == "class" and type_key("gas") == "gas"
+    p = Passage("x", "t", {"organization": ["ACME"]}, "CoNLL-2003", aliases=["organisation"])
+    assert known_types(p) == {"organization", "organisation"}
+
+
+def test_drop_known_negatives_on_bio_and_open_passages(shared_data):
+    bio = read_bio_passages(shared_data / CONLL_TRAIN, "CoNLL-2003", "conll2003", limit=40,
+                            plain_share=0.25)
+    # open-type passages whose types name CoNLL's under other spellings, and others
+    pool = ["Organisation", "Person", "persons", "misc", "LOCATION", "date", "city", "chemical"]
+    open_ = [Passage(f"o{i}", f"passage {i}", {t: [f"m{i}"]}, "teacher")
+             for i, t in enumerate(pool)]
+    open_.append(Passage("p", "Ada met Babbage.", {"person": ["Ada", "Babbage"]}, "teacher"))
+    passages = bio + open_
+    kwargs = dict(negatives=len(pool), bio_negatives=len(pool), seed=0)
+    kept_convs, dropped = build_conversations(passages, drop_known_negatives=True, **kwargs)
+    all_convs, plain = build_conversations(passages, **kwargs)
+    assert dropped.dropped_known_negatives > 0 and plain.dropped_known_negatives == 0
+    assert (plain.sampled_negative_queries - dropped.sampled_negative_queries
+            == dropped.dropped_known_negatives)
+
+    def sampled(conv, p):
+        own = set(p.positives) | set(p.known_negatives) | set(p.closed_types or [])
+        return [t for t in conv.labels if t not in own]
+
+    leaked = 0
+    for conv, p in zip(kept_convs, passages):
+        assert not {type_key(t) for t in sampled(conv, p)} & known_types(p), p.id
+        if p.closed_types is not None and p.dataset is None:
+            assert sampled(conv, p) == []  # plain BIO questions get no sampled negatives
+    for conv, p in zip(all_convs, passages):
+        leaked += bool({type_key(t) for t in sampled(conv, p)} & known_types(p))
+    assert leaked > 0, "without the flag, known types come back as negatives"
+    ada = next(c for c in kept_convs if c.id == "p")
+    assert "Person" not in ada.labels and "persons" not in ada.labels and "date" in ada.labels
+
+
+def test_build_data_cli_new_options_in_stats(shared_data, tmp_path):
+    rows = [{"passage_id": str(i), "text": f"Text {i} about things.",
+             "entities": [[f"m{i}", t]]}
+            for i, t in enumerate(["Organisation", "Person", "date", "city", "misc"])]
+    teacher = tmp_path / "teacher.jsonl"
+    teacher.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--teacher", teacher, "--bio", f"{shared_data / CONLL_TRAIN}:CoNLL-2003:conll2003",
+            "--bio-limit", 40, "--plain-share", 0.5, "--bio-negatives", 3, "--negatives", 3]
+    _, stats = _build(tmp_path, *args, "--drop-known-negatives")
+    assert stats["plain_share"] == 0.5 and stats["plain_bio_passages"] == 20
+    assert stats["drop_known_negatives"] is True and stats["dropped_known_negatives"] > 0
+    assert stats["bio_limit"] == 40 and stats["pile_ner_split"]["dev_passages_left_out"] == 0
+    _, off = _build(tmp_path / "off", *args)
+    assert off["dropped_known_negatives"] == 0
+
+
+def test_student_recipe_build_data_still_runs(shared_data, tmp_path):
+    """project.yml's build-data command line as it stands (defaults plus the recipe's flags)."""
+    _, stats = _build(
+        tmp_path, "--pile-ner", shared_data / "pile-ner" / "pile_ner_type_subset.jsonl",
+        "--bio", f"{shared_data / CONLL_TRAIN}:CoNLL-2003:conll2003",
+        "--bio", f"{shared_data / BC5CDR_TRAIN}:BC5CDR:bc5cdr", "--bio-limit", 20,
+        "--negative-sampling", "frequency", "--negative-ratio", 0.5, "--variant", "type",
+        "--seed", 0, "--pile-split", "train")
+    assert stats["by_source"] == {"pile-ner": 751, "CoNLL-2003": 20, "BC5CDR": 20}
+    assert stats["plain_bio_passages"] == 0 and stats["dropped_known_negatives"] == 0
+
+
+@pytest.mark.parametrize("rel", ["benchmarks/bio/crossner/conll2003/dev.txt",
+                                 "benchmarks/bio/bc5cdr/devel.tsv"])
+def test_dev_suite_bio_files_are_refused_for_training(shared_data, rel):
+    with pytest.raises(EvalDataError, match="dev suite"):
+        check_not_eval_data(shared_data / rel, allow=False)
+    check_not_eval_data(shared_data / rel, allow=True)
