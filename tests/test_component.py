@@ -1,5 +1,3 @@
-import logging
-
 import pytest
 import spacy
 from spacy.tokens import Span
@@ -138,15 +136,20 @@ def test_invalid_labels(bad):
         nlp(TEXT, component_cfg={"universal_ner": {"labels": bad}})
 
 
-def test_labels_with_quotes_newlines_and_duplicates(caplog):
+def test_labels_with_quotes_newlines_and_duplicates():
     labels = ['"quoted" type', "multi\nline  type", "person", "person"]
-    nlp = make_nlp({'"quoted" type': '["Ada Lovelace"]', "multi line type": '["London"]'},
-                   labels=labels)
+    with pytest.warns(UserWarning) as record:
+        nlp = make_nlp({'"quoted" type': '["Ada Lovelace"]', "multi line type": '["London"]'},
+                       labels=labels)
+    # a Python user sees both, through warnings (spaCy's convention for fixable input)
+    assert [str(w.message) for w in record] == [
+        "universal_ner label 'multi\\nline  type' normalised to 'multi line type'",
+        "universal_ner label 'person' given twice; asked once",
+    ]
     pipe = nlp.get_pipe("universal_ner")
     assert pipe.labels == ('"quoted" type', "multi line type", "person")
-    with caplog.at_level(logging.WARNING, logger="spacy_uniner"):
+    with pytest.warns(UserWarning, match="'person' given twice"):
         nlp.get_pipe("universal_ner").add_label("person")
-    assert "Duplicate label" in caplog.text
     doc = nlp(TEXT)
     assert {label for _, label in spans(doc)} == {'"quoted" type', "multi line type"}
     questions = {parse_query(p)[1] for p in pipe.model.prompts}
@@ -276,3 +279,97 @@ def test_to_disk_from_disk_roundtrip(tmp_path):
 def test_bad_config_is_rejected(cfg, match):
     with pytest.raises(ValueError, match=match):
         make_nlp({}, **cfg)
+
+
+@pytest.mark.parametrize("threshold", [1.5, -0.1, 2])
+def test_threshold_outside_0_1_is_refused_naming_the_value(threshold):
+    with pytest.raises(ValueError, match=rf"between 0 and 1 .*, got {threshold!r}$"):
+        make_nlp({}, threshold=threshold)
+
+
+@pytest.mark.parametrize("threshold", [0, 0.0, 0.5, 1, 1.0])
+def test_threshold_bounds_are_accepted(threshold):
+    make_nlp({}, threshold=threshold)
+
+
+def test_definitions_for_labels_not_asked_are_refused_naming_them():
+    with pytest.raises(ValueError) as err:
+        make_nlp({}, labels=["person"],
+                 label_definitions={"person": "a human being", "disease": "an illness"})
+    message = str(err.value)
+    assert "define labels that are not asked: 'disease'" in message
+    assert "(labels: 'person')" in message and "Add them to labels" in message
+    with pytest.raises(ValueError, match="definition of 'person' must be non-empty text"):
+        make_nlp({}, labels=["person"], label_definitions={"person": " "})
+
+
+def test_definitions_are_normalised_like_labels_and_free_without_configured_labels():
+    nlp = make_nlp({}, labels=["multi\nline  type"],
+                   label_definitions={"multi  line type": "a thing"})
+    assert nlp.get_pipe("universal_ner").label_definitions == {"multi line type": "a thing"}
+    # labels given per call: any label may be defined
+    nlp = make_nlp({}, labels=[], label_definitions={"person": "a human being"})
+    nlp("Ada went to London.", component_cfg={"universal_ner": {"labels": ["person"]}})
+    assert nlp.get_pipe("universal_ner").model.prompts[0].endswith(
+        "What describes a human being in the text? ASSISTANT:"
+    )
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_pipe_batch_size_below_one_is_refused_naming_the_value(batch_size):
+    nlp = make_nlp({"person": '["Ada"]'}, labels=["person"])
+    with pytest.raises(ValueError, match=rf"needs batch_size >= 1.*got {batch_size!r}"):
+        list(nlp.pipe(["Ada one.", "Ada two."], batch_size=batch_size))
+    with pytest.raises(ValueError, match="needs batch_size >= 1"):
+        nlp.get_pipe("universal_ner").pipe([nlp.make_doc("Ada.")], batch_size=batch_size)
+
+
+def test_a_span_group_on_an_incoming_doc_is_extended_not_replaced():
+    nlp = make_nlp({"person": '["Ada Lovelace"]', "location": '["London"]'},
+                   scores={"person": 0.9, "location": 0.6})
+    doc = nlp.make_doc(TEXT)
+    from spacy.tokens import SpanGroup
+
+    doc.spans["universal_ner"] = SpanGroup(
+        doc, name="universal_ner",
+        spans=[Span(doc, 4, 6, label="person"), Span(doc, 0, 2, label="person")],
+        attrs={"scores": [0.3, 0.5]},
+    )
+    doc = nlp.get_pipe("universal_ner")(doc)
+    group = doc.spans["universal_ner"]
+    got = [(s.text, s.label_, round(score, 2)) for s, score in zip(group, group.attrs["scores"])]
+    assert got == [
+        ("Charles Babbage", "person", 0.3),  # kept, in its place
+        ("Ada Lovelace", "person", 0.9),  # already there: the higher score
+        ("London", "location", 0.6),
+        ("Ada Lovelace", "person", 0.9),
+        ("London", "location", 0.6),
+    ]
+    # running again adds nothing; other labels in a later call are added
+    doc = nlp.get_pipe("universal_ner")(doc)
+    assert len(doc.spans["universal_ner"]) == 5
+
+
+def test_a_group_without_scores_under_the_key_is_an_error_naming_it():
+    nlp = make_nlp({"person": '["Ada Lovelace"]'}, labels=["person"])
+    doc = nlp.make_doc(TEXT)
+    doc.spans["universal_ner"] = [Span(doc, 4, 6, label="PER")]
+    with pytest.raises(ValueError, match=r"doc.spans\['universal_ner'\] already holds 1 spans "
+                                         r"without one score each.*own spans_key"):
+        nlp.get_pipe("universal_ner")(doc)
+
+
+def test_a_second_component_needs_its_own_spans_key():
+    nlp = make_nlp({"person": '["Ada Lovelace"]'}, labels=["person"])
+    model = {"@uniner_models": "test.ScriptedStudent.v1", "replies": {"location": '["London"]'}}
+    with pytest.raises(ValueError) as err:
+        nlp.add_pipe("universal_ner", name="places",
+                     config={"labels": ["location"], "model": model})
+    assert "already has a universal_ner component, 'universal_ner', writing " \
+           "doc.spans['universal_ner']; give 'places' its own key" in str(err.value)
+    assert nlp.pipe_names == ["universal_ner"]
+    nlp.add_pipe("universal_ner", name="places",
+                 config={"labels": ["location"], "model": model, "spans_key": "places"})
+    doc = nlp(TEXT)
+    assert spans(doc) == [("Ada Lovelace", "person")] * 2
+    assert spans(doc, "places") == [("London", "location")] * 2
