@@ -1,6 +1,11 @@
-"""spacy-uniner: open-type named entity recognition for spaCy (UniversalNER recipe)."""
+"""spacy-uniner: open-type named entity recognition for spaCy (UniversalNER recipe).
 
-import logging
+Messages: things a user can fix in their input or config are ``warnings.warn``
+(spaCy's convention); progress and details go to the logger ``spacy_uniner``
+(INFO). That logger has no handler of its own, not even a NullHandler: an
+application that configures logging decides where its records go, and one that
+does not still sees warnings on stderr (Python's last-resort handler).
+"""
 
 from . import registry  # noqa: F401  (creates registry.uniner_models)
 from .component import UniversalNER, make_universal_ner
@@ -9,8 +14,6 @@ from .models.base import Generation, Student
 from .models.hf import HFStudent, make_hf_student_v1
 from .scoring import make_uniner_scorer
 from .testing import ScriptedStudent, make_scripted_student_v1
-
-logging.getLogger("spacy_uniner").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 

@@ -106,3 +106,21 @@ def tiny_model_config(tiny_model_dir):
         "batch_size": 8,
         "threads": 1,
     }
+
+
+@pytest.fixture
+def cli_logging_restored():
+    """Undo what a command line run in this process sets (cli_logging): warning filters,
+    transformers' verbosity and progress bars, the package logger's level."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    level = logging.getLogger("spacy_uniner").level
+    with warnings.catch_warnings():
+        yield
+    hf_logging.set_verbosity(verbosity)
+    (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+    logging.getLogger("spacy_uniner").setLevel(level)
