@@ -9,16 +9,23 @@ files (one document per file, named by its path). Writes OUTPUT/entities.parquet
 per document: ok, or error with the message), OUTPUT/summary.json, and the
 batches they are made from under OUTPUT/parts/. A rerun skips the documents
 already there (documents recorded as errors too, unless --retry-errors).
+Rows that repeat an id are refused (--dedupe first keeps the first of each); an
+OUTPUT holding results for another input is refused (--append adds to it).
 Joins the Ray cluster at $RAY_ADDRESS (or --ray-address), else starts a local Ray.
 """
 
-import logging
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+
+class Dedupe(str, Enum):
+    error = "error"
+    first = "first"
 
 
 @app.command()
@@ -59,12 +66,26 @@ def main(
         None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)."
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    dedupe: Dedupe = typer.Option(
+        Dedupe.error,
+        help="Rows that repeat an id: 'error' refuses the input, naming them; "
+        "'first' keeps the first row of each id.",
+    ),
+    append: bool = typer.Option(
+        False,
+        help="Add this input's documents to an OUTPUT holding results for another input "
+        "(ids already there count as done).",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Our INFO messages, and Ray's and transformers' own."
+    ),
 ) -> None:
     """Extract entities into OUTPUT/entities.parquet and OUTPUT/status.parquet (one row per
     document: ok, or error and its message); a rerun does only the documents not there yet."""
+    from spacy_uniner.cli_logging import configure_cli_logging
     from spacy_uniner.extraction import ExtractOptions, extract, format_summary
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    configure_cli_logging(verbose)
     options = ExtractOptions(
         input=input,
         output=output,
@@ -84,6 +105,9 @@ def main(
         limit=limit,
         ray_address=ray_address,
         progress=progress,
+        dedupe=dedupe.value,
+        append=append,
+        quiet=not verbose,
     )
     try:
         summary = extract(options, echo=lambda m: typer.echo(m, err=True))

@@ -1,14 +1,19 @@
-"""Run a ``universal_ner`` pipeline over a corpus on Ray Data, resumably.
+"""Run a ``universal_ner`` pipeline over a corpus on Ray Data, resumably and exactly once.
 
-Documents are read through Ray Data (JSONL, parquet, or a folder of ``.txt``
-files, one document per file) and given a stable id; those not done yet wait
-in Ray's object store and go in batches to a pool of actors
-(:class:`ExtractPredictor`, ``compute=ActorPoolStrategy``, ``num_gpus`` per
-actor); each actor loads the pipeline once (and answers full-width warm-up
-texts, :func:`warm_up_texts`) and returns plain columns for its batch. Batches
-are ``batch_size`` documents, the last one per actor cut in two so that the
-actors finish together. An actor that dies is replaced and its batch run again
-(at most ``actor_retries`` times, then the run stops; what was written stays).
+Documents (JSONL, parquet, or a folder of ``.txt`` files, one document per
+file) are read in the driver, in input order, and given a stable id. The whole
+input is checked first (:func:`check_input`): rows that repeat an id are
+refused, naming the first few (or, with ``dedupe="first"``, the first row of
+each id is kept), and the input's fingerprint (its ids and texts) is compared
+with the one recorded in the output folder. Nothing is written before these
+checks pass. Those not done yet wait in Ray's object store and go in batches to
+a pool of actors (:class:`ExtractPredictor`, ``compute=ActorPoolStrategy``,
+``num_gpus`` per actor); each actor loads the pipeline once (and answers
+full-width warm-up texts, :func:`warm_up_texts`) and returns plain columns for
+its batch. Batches are ``batch_size`` documents, the last one per actor cut in
+two so that the actors finish together. An actor that dies is replaced and its
+batch run again (at most ``actor_retries`` times, then the run stops; what was
+written stays).
 
 Exactly once: every batch comes back as one table that holds, per document,
 its status (``ok`` or ``error`` with the message) *and* its entities, and the
@@ -21,15 +26,20 @@ only the documents that are not there. The outputs are derived from
 * ``entities.parquet`` — doc_id, label, start_char, end_char, text, score;
 * ``status.parquet`` — doc_id, status, error, entities, run_id: one row per input id;
 * ``summary.json`` — totals and this run's counts and speed;
-* ``extract.json`` — the labels and model the results were made with; a rerun
-  with other settings is refused rather than mixing results.
+* ``extract.json`` — the labels and model the results were made with, and the
+  fingerprint of the input(s) they are for; a rerun with other settings is
+  refused, and one with another input unless ``append``, rather than mixing
+  results.
 
 A document that fails (bad input, the model raising) is recorded with its
-error, never dropped. A rerun keeps those records unless ``retry_errors``; then
-the documents are processed again and the new record supersedes the old one
+error, never dropped: a JSONL line that is not UTF-8 or not a JSON object is a
+document of its own (id ``<bad line>:FILE line N``) whose error names the file
+and line. A rerun keeps those records unless ``retry_errors``; then the
+documents are processed again and the new record supersedes the old one
 (``status.parquet`` still has one row per id).
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +47,7 @@ import re
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     Any,
@@ -47,6 +57,7 @@ from typing import (
     Iterator,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -64,6 +75,7 @@ SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "extract.json"
 TEXT_SUFFIXES = (".txt",)
 MAX_ERROR_CHARS = 2000
+DEDUPE_POLICIES = ("error", "first")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Settings that change what a document's result is: a rerun must match them.
 MANIFEST_KEYS = (
@@ -202,7 +214,11 @@ class ExtractPredictor:
     failing ones are marked.
     """
 
-    def __init__(self, spec: PipelineSpec, batch_size: int = 16) -> None:
+    def __init__(self, spec: PipelineSpec, batch_size: int = 16, quiet: bool = False) -> None:
+        if quiet:  # this actor's process: no load bars or library warnings (cli_logging)
+            from .cli_logging import quiet_libraries
+
+            quiet_libraries()
         self.spec = spec
         self.batch_size = batch_size
         self.nlp = spec.load()
@@ -293,11 +309,31 @@ class ExtractPredictor:
             rows[index].update(status="ok", error=None, entities=self._entities(doc))
         for index, err in failed.items():
             rows[index]["error"] = _error_message(err)
-            logger.warning("Document %s failed: %s", ids[index], rows[index]["error"])
+            logger.info("Document %s failed: %s", ids[index], rows[index]["error"])
         return pa.Table.from_pylist(rows, schema=_result_schema())
 
 
 # ---------------------------------------------------------------- reading
+#
+# The input is read in the driver, in input order (files sorted by path), twice:
+# once to check it (ids, duplicates, its fingerprint) before anything is written,
+# then to cut the documents still to do into blocks for the actors. A bad line or
+# row is a document of its own, recorded as an error that names the file and line.
+
+MAX_LISTED = 5  # duplicate ids named in a refusal
+_READ_ROWS = 4096  # rows per parquet read
+
+
+class InputRow(NamedTuple):
+    """One input document: its id, text (None if unusable), the input error if any,
+    where it is (``docs.jsonl line 7``, ``docs.parquet row 3``, ``sub/a.txt``) and
+    whether its id was given (an id field, a path) rather than made from its text."""
+
+    doc_id: str
+    text: Optional[str]
+    error: Optional[str]
+    where: str
+    keyed: bool
 
 
 def _input_kind(path: Path) -> str:
@@ -307,11 +343,7 @@ def _input_kind(path: Path) -> str:
     if path.is_file():
         suffixes = {path.suffix.lower()}
     else:
-        suffixes = {
-            p.suffix.lower()
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        }
+        suffixes = {p.suffix.lower() for p in _visible_files(path)}
     kinds = set()
     for suffix in suffixes:
         if suffix in JSONL_SUFFIXES:
@@ -333,172 +365,304 @@ def _input_kind(path: Path) -> str:
     return kinds.pop()
 
 
-def _field_names(path: Path, kind: str) -> List[str]:
-    """The fields of the first record (JSONL) or the schema (parquet) of the first file."""
-    suffixes = JSONL_SUFFIXES if kind == "jsonl" else PARQUET_SUFFIXES
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+def _visible_files(folder: Path) -> List[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-    if kind == "parquet":
+
+
+def _unicode_problem(value: str) -> Optional[str]:
+    """A string that cannot be written as UTF-8 (a lone surrogate from a JSON escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"not valid Unicode ({err.reason} at character {err.start})"
+    return None
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """``--input``: a JSONL or parquet file, a folder of them, or a folder of ``.txt``
+    files (one document each, named by its path under the folder).
+
+    id_field: the id field in use; None gives records the hash of their text as id
+        (identical texts are one document).
+    """
+
+    path: Path
+    kind: str
+    files: Tuple[Path, ...]
+    text_field: str = "text"
+    id_field: Optional[str] = None
+
+    def name(self, file: Path) -> str:
+        return file.name if self.path.is_file() else file.relative_to(self.path).as_posix()
+
+    def rows(self) -> Iterator[InputRow]:
+        """YIELDS every document of the input, in input order, repeats included."""
+        for file in self.files:
+            if self.kind == "jsonl":
+                yield from self._jsonl_rows(file)
+            elif self.kind == "parquet":
+                yield from self._parquet_rows(file)
+            else:
+                yield self._txt_row(file)
+
+    def _jsonl_rows(self, file: Path) -> Iterator[InputRow]:
+        name = self.name(file)
+        with file.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                where = f"{name} line {number}"
+                record, problem = _parse_line(raw, number)
+                if problem is not None:
+                    yield InputRow(f"<bad line>:{where}", None, f"{where}: {problem}", where, False)
+                else:
+                    yield self._record(
+                        record.get(self.text_field),
+                        record.get(self.id_field) if self.id_field else None,
+                        where,
+                    )
+
+    def _parquet_rows(self, file: Path) -> Iterator[InputRow]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(files[0]).names)
-    for file in files:
-        with file.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError(
-                            f"{file}: a line holds {type(record).__name__}, not an object"
-                        )
-                    return list(record)
-    raise ValueError("no records")
+        name = self.name(file)
+        columns = [self.text_field] + ([self.id_field] if self.id_field else [])
+        number = 0
+        try:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=_READ_ROWS, columns=columns):
+                texts = batch.column(self.text_field).to_pylist()
+                ids = batch.column(self.id_field).to_pylist() if self.id_field else None
+                for i, raw in enumerate(texts):
+                    number += 1
+                    yield self._record(raw, ids[i] if ids else None, f"{name} row {number}")
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(
+                f"{file}: could not read it as parquet: {_error_message(err)}"
+            ) from err
+
+    def _txt_row(self, file: Path) -> InputRow:
+        name = self.name(file)
+        try:
+            return InputRow(name, file.read_bytes().decode("utf-8"), None, name, True)
+        except UnicodeDecodeError as err:
+            return InputRow(
+                name, None, f"not UTF-8 text ({err.reason} at byte {err.start})", name, True
+            )
+
+    def _record(self, raw_text: Any, raw_id: Any, where: str) -> InputRow:
+        text_field = self.text_field
+        text = raw_text if isinstance(raw_text, str) else None
+        error = None
+        if text is None:
+            error = (
+                f"no text in field {text_field!r}"
+                if raw_text is None
+                else f"field {text_field!r} holds {type(raw_text).__name__}, not text"
+            )
+        elif _unicode_problem(text):
+            error, text = f"field {text_field!r}: {_unicode_problem(text)}", None
+        hashed = passage_hash(raw_text if text is not None else f"{where}:{raw_text!r}")
+        if not self.id_field:
+            return InputRow(hashed, text, error, where, False)
+        if raw_id is None or raw_id == "":
+            return InputRow(f"<no id>:{hashed}", text, error or f"no id in field {self.id_field!r}",
+                            where, False)
+        if isinstance(raw_id, (dict, list, bytes)) or (
+            isinstance(raw_id, str) and _unicode_problem(raw_id)
+        ):
+            problem = f"field {self.id_field!r} holds {type(raw_id).__name__}, not an id"
+            return InputRow(f"<bad id>:{where}", text, error or problem, where, False)
+        return InputRow(str(raw_id), text, error, where, True)
 
 
-def read_input(path: Path, text_field: str = "text", id_field: Optional[str] = None):
-    """Open ``path`` with Ray Data; RETURNS (dataset, kind, id_field actually used).
+def _parse_line(raw: bytes, number: int) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """RETURNS (record, None) for a JSON object line, else (None, what is wrong with it)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text ({err.reason} at byte {err.start})"
+    line = line.rstrip("\r\n")
+    if number == 1:
+        line = line.lstrip("\ufeff")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at column {err.colno})"
+    except ValueError as err:  # e.g. a number too long to convert
+        return None, f"not valid JSON ({err})"
+    if not isinstance(record, dict):
+        return None, f"holds a JSON {type(record).__name__}, not an object"
+    return record, None
+
+
+def _field_names(source: InputSource) -> Optional[List[str]]:
+    """The fields of the first record (JSONL) or the schema of every file (parquet,
+    their common fields); None when no line of a JSONL input holds a record."""
+    if source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        common: Optional[List[str]] = None
+        for file in source.files:
+            try:
+                names = list(pq.read_schema(file).names)
+            except Exception as err:
+                raise ValueError(
+                    f"{file}: could not read it as parquet: {_error_message(err)}"
+                ) from err
+            common = names if common is None else [n for n in common if n in names]
+        return common
+    first_problem = None
+    for file in source.files:
+        with file.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if raw.strip():
+                    record, problem = _parse_line(raw, number)
+                    if record is not None:
+                        return list(record)
+                    first_problem = first_problem or f"{source.name(file)} line {number}: {problem}"
+    if first_problem is not None:
+        raise ValueError(
+            f"{source.path}: not JSON lines: no line holds a JSON object "
+            f"(first: {first_problem})"
+        )
+    return None  # no lines at all: an empty input
+
+
+def read_input(path: Path, text_field: str = "text", id_field: Optional[str] = None) -> InputSource:
+    """Check ``path`` and its fields; RETURNS (InputSource) the documents to read.
 
     Ids: ``.txt`` documents are named by their path under the folder; records
     use ``id_field`` (default: the ``id`` field when the input has one, else a
     hash of the text, so that identical texts are one document).
     """
-    import ray.data
-
     path = Path(path)
     kind = _input_kind(path)
-    source = str(path.resolve())
-    try:
-        if kind == "txt":
-            return (
-                ray.data.read_binary_files(source, include_paths=True, file_extensions=["txt"]),
-                kind,
-                None,
-            )
-        names = _field_names(path, kind)
-        if kind == "jsonl":
-            ds = ray.data.read_json(
-                source, lines=True, file_extensions=[s.lstrip(".") for s in JSONL_SUFFIXES]
-            )
-        else:
-            ds = ray.data.read_parquet(source, file_extensions=["parquet"])
-    except Exception as err:
-        raise ValueError(f"{path}: could not read it as {kind}: {_error_message(err)}") from err
-    if text_field not in names:
+    suffixes = {"jsonl": JSONL_SUFFIXES, "parquet": PARQUET_SUFFIXES, "txt": TEXT_SUFFIXES}[kind]
+    files = (path,) if path.is_file() else tuple(
+        p for p in _visible_files(path) if p.suffix.lower() in suffixes
+    )
+    if kind == "txt":
+        return InputSource(path, kind, files, text_field, None)
+    names = _field_names(InputSource(path, kind, files, text_field, id_field))
+    if names is not None and text_field not in names:
         raise ValueError(
             f"{path}: no field {text_field!r} (fields: {', '.join(names)}); "
             "choose the text with --text-field"
         )
-    if id_field is not None and id_field not in names:
+    if names is not None and id_field is not None and id_field not in names:
         raise ValueError(
             f"{path}: no field {id_field!r} (fields: {', '.join(names)}); "
             "choose the id with --id-field, or leave it out to use 'id' or a hash of the text"
         )
-    if id_field is None and "id" in names:
+    if id_field is None and names is not None and "id" in names:
         id_field = "id"
-    return ds, kind, id_field
+    return InputSource(path, kind, files, text_field, id_field)
 
 
-def _normalize(
-    table: Any,
-    *,
-    kind: str,
-    root: str,
-    text_field: str,
-    id_field: Optional[str],
-    done: Any,
-) -> Any:
-    """Input rows → (doc_id, text, input_error), minus the ids in ``done``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+@dataclass
+class InputCheck:
+    """What :func:`check_input` found: counts, repeats and the input's fingerprint."""
 
-    rows = []
-    if kind == "txt":
-        for data, path in zip(table.column("bytes").to_pylist(), table.column("path").to_pylist()):
-            doc_id = os.path.relpath("/" + path.lstrip("/"), root) if root else path
-            try:
-                rows.append((doc_id, data.decode("utf-8"), None))
-            except UnicodeDecodeError as err:
-                rows.append((doc_id, None, f"not UTF-8 text ({err.reason} at byte {err.start})"))
-    else:
-        texts = table.column(text_field).to_pylist()
-        ids = table.column(id_field).to_pylist() if id_field else [None] * len(texts)
-        for raw, raw_id in zip(texts, ids):
-            error = None
-            text = raw if isinstance(raw, str) else None
-            if text is None:
-                error = (
-                    f"no text in field {text_field!r}"
-                    if raw is None
-                    else f"field {text_field!r} holds {type(raw).__name__}, not text"
-                )
-            fingerprint = passage_hash(text if text is not None else repr(raw))
-            if not id_field:
-                doc_id = fingerprint
-            elif raw_id is None or raw_id == "":
-                doc_id = f"<no id>:{fingerprint}"
-                error = error or f"no id in field {id_field!r}"
-            else:
-                doc_id = str(raw_id)
-            rows.append((doc_id, text, error))
-    out = pa.table(
-        {
-            "doc_id": [r[0] for r in rows],
-            "text": [r[1] for r in rows],
-            "input_error": [r[2] for r in rows],
-        },
-        schema=_input_schema(),
-    )
-    if done is not None and len(done):
-        out = out.filter(pc.invert(pc.is_in(out.column("doc_id"), value_set=done)))
-    return out
+    rows: int = 0
+    documents: int = 0
+    duplicate_rows: int = 0  # rows repeating an id given by an earlier row
+    duplicates: List[str] = field(default_factory=list)  # the first few, with where
+    repeated_texts: int = 0  # rows without an id repeating an earlier row's text
+    fingerprint: str = ""
+
+    def duplicates_message(self, source: Any) -> str:
+        listed = "; ".join(self.duplicates)
+        more = (
+            f"; and {self.duplicate_rows - len(self.duplicates)} more"
+            if self.duplicate_rows > len(self.duplicates)
+            else ""
+        )
+        return (
+            f"{source}: {self.duplicate_rows} rows repeat an id of an earlier row "
+            f"({listed}{more}). "
+            "Each document needs its own id: fix the ids, choose another --id-field, or pass "
+            "--dedupe first to keep the first row of each id."
+        )
+
+
+def check_input(source: InputSource) -> InputCheck:
+    """Read the whole input once; RETURNS its counts, duplicate ids and fingerprint.
+
+    The fingerprint covers every (id, text) and not their order: the same documents
+    in another order or file layout are the same input."""
+    check = InputCheck()
+    seen: set = set()
+    total = 0
+    for row in source.rows():
+        check.rows += 1
+        digest = hashlib.blake2b(
+            f"{row.doc_id}\x00{row.text or ''}".encode("utf-8"), digest_size=16
+        ).digest()
+        total = (total + int.from_bytes(digest, "big")) % (1 << 128)
+        if row.doc_id not in seen:
+            seen.add(row.doc_id)
+        elif row.keyed:
+            check.duplicate_rows += 1
+            if len(check.duplicates) < MAX_LISTED:
+                check.duplicates.append(f"{row.doc_id!r} again at {row.where}")
+        else:
+            check.repeated_texts += 1
+    check.documents = len(seen)
+    check.fingerprint = f"{check.documents}:{total:032x}"
+    return check
 
 
 def read_documents(
-    ds: Any,
+    rows: Iterable[InputRow],
     *,
-    kind: str,
-    root: str,
-    text_field: str,
-    id_field: Optional[str],
-    done: Any = None,
+    done: Iterable[str] = (),
     limit: Optional[int] = None,
     block_rows: Optional[int] = None,
 ) -> Iterator[Any]:
-    """Stream the Ray Data read; YIELDS (pa.Table) blocks of (doc_id, text, input_error)
-    without the ids in ``done``, at most ``limit`` rows in all, each a copy of its rows
-    (not a view of a larger block). With ``block_rows``, every block but the last has
-    exactly that many rows, whatever the sizes of the read's own blocks: a short block
-    would be a batch too small to keep an actor's decoder full.
-
-    The rows are normalised here, in the driver: a Ray task would first have to import
-    this package (and spaCy, and torch) in every fresh worker.
-    """
+    """YIELDS (pa.Table) blocks of (doc_id, text, input_error): the first row of every
+    id, without the ids in ``done``, at most ``limit`` rows in all, in input order.
+    With ``block_rows``, every block but the last has exactly that many rows (a short
+    block would be a batch too small to keep an actor's decoder full)."""
     import pyarrow as pa
 
+    done = set(done)
+    seen: set = set()
+    size = block_rows or _READ_ROWS
     left = limit
-    pending = None  # rows read but not yet yielded
-    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        block = _normalize(
-            table, kind=kind, root=root, text_field=text_field, id_field=id_field, done=done
+    pending: List[InputRow] = []
+
+    def block(part: List[InputRow]) -> Any:
+        return pa.table(
+            {
+                "doc_id": [r.doc_id for r in part],
+                "text": [r.text for r in part],
+                "input_error": [r.error for r in part],
+            },
+            schema=_input_schema(),
         )
-        if left is not None:
-            block = block.slice(0, left)
-            left -= block.num_rows
-        if block_rows is None:
-            if block.num_rows:
-                yield block
-        else:
-            pending = block if pending is None else pa.concat_tables([pending, block])
-            while pending.num_rows >= block_rows:
-                yield _copy_rows(pending, 0, block_rows)
-                pending = pending.slice(block_rows)
+
+    for row in rows:
         if left == 0:
             break
-    if pending is not None and pending.num_rows:
-        yield _copy_rows(pending, 0, pending.num_rows)
+        if row.doc_id in seen:
+            continue
+        seen.add(row.doc_id)
+        if row.doc_id in done:
+            continue
+        pending.append(row)
+        if left is not None:
+            left -= 1
+        if len(pending) == size:
+            yield block(pending)
+            pending = []
+    if pending:
+        yield block(pending)
 
 
 def _copy_rows(block: Any, start: int, stop: int) -> Any:
@@ -596,24 +760,62 @@ def write_outputs(out: Path, records: Any) -> Dict[str, int]:
     }
 
 
-def _check_manifest(out: Path, manifest: Dict[str, Any]) -> None:
-    """Refuse to add results made with other settings; a folder without results takes any."""
+def _has_results(out: Path) -> bool:
+    return (out / PARTS_DIR).is_dir() and any((out / PARTS_DIR).glob("part-*.parquet"))
+
+
+def _check_manifest(
+    out: Path,
+    manifest: Dict[str, Any],
+    input_record: Optional[Dict[str, Any]] = None,
+    append: bool = False,
+) -> List[Dict[str, Any]]:
+    """Refuse to add results made with other settings, or for another input unless
+    ``append``; a folder without results takes any. Reads only.
+
+    manifest: the settings (MANIFEST_KEYS) of this run.
+    input_record: {"path", "documents", "fingerprint"} of this run's input (None:
+        check the settings only).
+    RETURNS (List[dict]): the inputs the folder's results are for, this one included.
+    """
     path = out / MANIFEST_FILE
-    if path.exists() and any((out / PARTS_DIR).glob("part-*.parquet")):
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in MANIFEST_KEYS if previous.get(k) != manifest.get(k)]
-        if changed:
-            details = "; ".join(
-                f"{k}: {previous.get(k)!r} there, {manifest.get(k)!r} now" for k in changed
-            )
-            raise ValueError(
-                f"{out} holds results made with other settings ({details}). "
-                "Use another --output folder, or delete this one to start again."
-            )
-    else:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
-        os.replace(tmp, path)
+    if not (path.exists() and _has_results(out)):
+        return [input_record] if input_record else []
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    changed = [k for k in MANIFEST_KEYS if previous.get(k) != manifest.get(k)]
+    if changed:
+        details = "; ".join(
+            f"{k}: {previous.get(k)!r} there, {manifest.get(k)!r} now" for k in changed
+        )
+        raise ValueError(
+            f"{out} holds results made with other settings ({details}). "
+            "Use another --output folder, or delete this one to start again."
+        )
+    inputs = list(previous.get("inputs") or [])
+    if input_record is None:
+        return inputs
+    if not inputs:  # made before inputs were recorded: nothing to compare with
+        return [input_record]
+    if any(known.get("fingerprint") == input_record["fingerprint"] for known in inputs):
+        return inputs
+    if append:
+        return inputs + [input_record]
+    last = inputs[-1]
+    raise ValueError(
+        f"{out} holds results for another input: {last.get('path')} "
+        f"({last.get('documents')} documents, fingerprint {last.get('fingerprint')}); "
+        f"{input_record['path']} has {input_record['documents']} documents, fingerprint "
+        f"{input_record['fingerprint']}. Use another --output folder, or pass --append to add "
+        "this input's documents to these results (ids already there count as done)."
+    )
+
+
+def _write_manifest(out: Path, manifest: Dict[str, Any], inputs: List[Dict[str, Any]]) -> None:
+    path = out / MANIFEST_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    content = {**manifest, "inputs": inputs}
+    tmp.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- the job
@@ -640,6 +842,9 @@ class ExtractOptions:
     actor_retries: int = 3  # times a batch is retried on a fresh actor when its actor dies
     ray_address: Optional[str] = None  # default: $RAY_ADDRESS, else a local Ray
     progress: bool = True
+    dedupe: str = "error"  # a repeated id: "error" refuses the input; "first" keeps the first row
+    append: bool = False  # add another input's documents to a folder holding results
+    quiet: bool = False  # Ray's, Ray Data's and transformers' own messages off (cli_logging)
 
     def spec(self) -> PipelineSpec:
         return PipelineSpec(
@@ -667,6 +872,8 @@ class ExtractOptions:
             )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be positive, got {self.limit}")
+        if self.dedupe not in DEDUPE_POLICIES:
+            raise ValueError(f"dedupe must be one of {DEDUPE_POLICIES}, got {self.dedupe!r}")
         if self.pipeline is not None and (self.model != "default" or self.adapter is not None):
             raise ValueError("give a pipeline folder or a model (and adapter), not both")
         if self.pipeline is not None and not Path(self.pipeline).is_dir():
@@ -693,7 +900,7 @@ class ExtractOptions:
         }
 
 
-def _ray_init(address: Optional[str]) -> bool:
+def _ray_init(address: Optional[str], quiet: bool = False) -> bool:
     """Connect to (or start) Ray; RETURNS whether this call started it."""
     import ray
 
@@ -704,7 +911,12 @@ def _ray_init(address: Optional[str]) -> bool:
         # A local cluster of our own: bound to this machine; keep uv from zipping the repo.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    level = logging.INFO
+    if quiet:
+        from .cli_logging import quiet_ray
+
+        level = quiet_ray()
+    ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=level)
     return True
 
 
@@ -739,7 +951,11 @@ def _predictions(
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         predicted = todo.map_batches(
             predictor,
-            fn_constructor_kwargs={"spec": spec, "batch_size": options.batch_size},
+            fn_constructor_kwargs={
+                "spec": spec,
+                "batch_size": options.batch_size,
+                "quiet": options.quiet,
+            },
             # A CPU actor takes one batch at a time, so the last batches go to whichever
             # actor is free (a batch queued behind a slow one leaves the other idle at the
             # end); a GPU actor keeps one queued so that it never waits for input.
@@ -764,6 +980,11 @@ def extract(
 ) -> Dict[str, Any]:
     """Run the pipeline over ``options.input``; RETURNS the content of ``summary.json``.
 
+    Refused before anything is written (no output folder is made, nothing in an existing
+    one changes): bad options, an input without documents, rows repeating an id (unless
+    ``dedupe="first"``), a folder holding results for other settings, or for another
+    input (unless ``append``).
+
     predictor: the Ray Data callable class the actors run: :class:`ExtractPredictor`
         or a subclass of it (e.g. one that records timings, as bench/ray_scaling.py does).
     """
@@ -779,10 +1000,37 @@ def extract(
     options.validate()
     spec = options.spec()
     out = Path(options.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: a file, not a folder; give --output a folder")
+    manifest = options.manifest()
+    _check_manifest(out, manifest)  # other settings: refused before the input is read
+    source = read_input(Path(options.input), options.text_field, options.id_field)
     find_component(spec.load(), spec.pipeline or spec.model)  # fail here, not in every actor
+
+    # The whole input is checked before anything is written.
+    check = check_input(source)
+    if not check.rows:
+        raise ValueError(f"{options.input}: no documents in the input; nothing to extract")
+    if check.duplicate_rows and options.dedupe == "error":
+        raise ValueError(check.duplicates_message(options.input))
+    input_record = {
+        "path": str(Path(options.input).resolve()),
+        "documents": check.documents,
+        "fingerprint": check.fingerprint,
+    }
+    inputs = _check_manifest(out, manifest, input_record, append=options.append)
+    if check.duplicate_rows:
+        logger.warning(
+            "%s: %d rows repeat an id of an earlier row (%s); kept the first of each "
+            "(--dedupe first)",
+            options.input,
+            check.duplicate_rows,
+            "; ".join(check.duplicates),
+        )
+
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTS_DIR).mkdir(exist_ok=True)
-    _check_manifest(out, options.manifest())
+    _write_manifest(out, manifest, inputs)
     for stale in (out / PARTS_DIR).glob(".part-*"):  # a killed run's unfinished write
         stale.unlink()
 
@@ -790,37 +1038,27 @@ def extract(
     keep = previous
     if options.retry_errors:
         keep = previous.filter(pc.equal(previous.column("status"), "ok"))
-    done = keep.column("doc_id").combine_chunks()
+    done = keep.column("doc_id").to_pylist()
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
 
-    started = _ray_init(options.ray_address)
+    started = _ray_init(options.ray_address, quiet=options.quiet)
     context = ray.data.DataContext.get_current()
     progress_bars = context.enable_progress_bars
-    preserve_order = context.execution_options.preserve_order
     context.enable_progress_bars = False  # one bar of our own instead of one per operator
     counters: Counter = Counter()
     extract_start: Optional[float] = None
     error: Optional[BaseException] = None
     try:
-        # In input order until the input is read (a Dataset keeps the context it was
-        # made in): --limit takes the first remaining documents.
-        context.execution_options.preserve_order = True
-        ds, kind, id_field = read_input(Path(options.input), options.text_field, options.id_field)
         blocks = read_documents(
-            ds,
-            kind=kind,
-            root=str(Path(options.input).resolve()) if kind == "txt" else "",
-            text_field=options.text_field,
-            id_field=id_field,
+            source.rows(),
             done=done,
             limit=options.limit,
             # One block per actor call: Ray Data gives an actor a whole block, and its
             # results come back (and are written) as one part.
             block_rows=options.batch_size,
         )
-        # The whole input is read before the actors take the CPUs (on a small machine
-        # the readers would otherwise wait behind the pool for ever); the blocks wait
-        # in Ray's object store, not here.
+        # The whole input is read before the actors take the CPUs; the blocks wait in
+        # Ray's object store, not here.
         refs, total, last = [], 0, []
         for block in blocks:
             last.append(block)
@@ -828,7 +1066,6 @@ def extract(
             if len(last) > options.actors:
                 refs.append(ray.put(last.pop(0)))
         refs.extend(ray.put(block) for block in halves(last))
-        context.execution_options.preserve_order = preserve_order
         echo(
             f"{options.input}: {total} documents to extract, {previous.num_rows} already in "
             f"{out} ({'errors retried' if options.retry_errors else 'kept'}: "
@@ -848,8 +1085,9 @@ def extract(
                 todo = ray.data.from_arrow_refs(refs)
                 for sequence, batch in enumerate(_predictions(todo, options, spec, predictor)):
                     ids = batch.column("doc_id").to_pylist()
+                    # Every id is sent once; a result that came back twice is not written twice.
                     fresh = [doc_id not in seen for doc_id in ids]
-                    counters["duplicates"] += fresh.count(False)
+                    counters["repeated_results"] += fresh.count(False)
                     if not all(fresh):
                         batch = batch.filter(pa.array(fresh))
                     if batch.num_rows:
@@ -874,13 +1112,12 @@ def extract(
         raise
     finally:
         context.enable_progress_bars = progress_bars
-        context.execution_options.preserve_order = preserve_order
         if started:
             ray.shutdown()
-        if counters["duplicates"]:
+        if counters["repeated_results"]:
             logger.warning(
-                "%d input rows repeat an id already extracted in this run; kept the first",
-                counters["duplicates"],
+                "%d results came back twice from Ray; each was written once",
+                counters["repeated_results"],
             )
         totals = write_outputs(out, read_parts(out))
         processed = counters["ok"] + counters["errors"]
@@ -896,13 +1133,17 @@ def extract(
                 "run_id": run_id,
                 "finished": error is None,
                 "error": None if error is None else _error_message(error),
+                "input_documents": check.documents,
+                "input_fingerprint": check.fingerprint,
                 "processed": processed,
                 "ok": counters["ok"],
                 "errors": counters["errors"],
                 "entities": counters["entities"],
-                "duplicate_ids": counters["duplicates"],
+                "duplicate_ids": check.duplicate_rows,
+                "repeated_texts": check.repeated_texts,
                 "already_done": len(done),
                 "retry_errors": options.retry_errors,
+                "appended": len(inputs) > 1 and inputs[-1] is input_record,
                 "seconds": round(time.perf_counter() - start, 2),
                 "extract_seconds": round(processing, 2),
                 # Over the extraction phase: actor start-up included; Ray start-up and reading not.

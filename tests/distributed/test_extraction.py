@@ -12,9 +12,12 @@ import pytest
 from spacy_uniner.extraction import (
     ExtractOptions,
     ExtractPredictor,
+    InputRow,
     PipelineSpec,
+    _atomic_write_table,
     _check_manifest,
-    _normalize,
+    _write_manifest,
+    check_input,
     extract,
     find_component,
     halves,
@@ -249,73 +252,54 @@ def test_actors_run_the_predictor_class_given(ray_cluster, scripted_pipeline_dir
         extract(options, predictor=dict)
 
 
-def test_txt_folder_through_ray_data(ray_cluster, tmp_path):
+def test_txt_folder_is_read_in_order_with_bad_files_named(tmp_path):
     folder = tmp_path / "texts"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("Ada Lovelace in London.", encoding="utf-8")
     (folder / "sub" / "b.txt").write_text("Grace Hopper.", encoding="utf-8")
     (folder / "bad.txt").write_bytes(b"\xff\xfe caf\xe9")
-    ds, kind, id_field = read_input(folder)
-    assert (kind, id_field) == ("txt", None)
-    blocks = read_documents(
-        ds,
-        kind=kind,
-        root=str(folder.resolve()),
-        text_field="text",
-        id_field=None,
-        done=pa.array(["a.txt"]),
-    )
+    (folder / ".hidden.txt").write_text("not a document", encoding="utf-8")
+    source = read_input(folder)
+    assert (source.kind, source.id_field) == ("txt", None)
+    blocks = list(read_documents(source.rows(), done=["a.txt"]))
     rows = [row for block in blocks for row in block.to_pylist()]
+    assert [row["doc_id"] for row in rows] == ["bad.txt", "sub/b.txt"]  # a.txt is done already
     by_id = {row["doc_id"]: row for row in rows}
-    assert set(by_id) == {"sub/b.txt", "bad.txt"}  # a.txt is done already
-    assert (
-        by_id["sub/b.txt"]["text"] == "Grace Hopper." and by_id["sub/b.txt"]["input_error"] is None
-    )
+    assert by_id["sub/b.txt"] == {
+        "doc_id": "sub/b.txt", "text": "Grace Hopper.", "input_error": None
+    }
     assert by_id["bad.txt"]["text"] is None
     assert by_id["bad.txt"]["input_error"].startswith("not UTF-8 text")
 
 
-class _Read:
-    """A read whose own blocks have the given sizes (all read_documents asks of a Dataset)."""
-
-    def __init__(self, sizes):
-        start, self.tables = 0, []
-        for size in sizes:
-            ids = [f"d{i}" for i in range(start, start + size)]
-            self.tables.append(pa.table({"id": ids, "text": [f"text {i}" for i in ids]}))
-            start += size
-
-    def iter_batches(self, batch_size=None, batch_format="pyarrow"):
-        return iter(self.tables)
+def _rows(count, start=0):
+    return [InputRow(f"d{i}", f"text {i}", None, f"line {i}", True)
+            for i in range(start, start + count)]
 
 
 @pytest.mark.parametrize(
-    "sizes,done,limit,expected",
+    "count,done,limit,expected",
     [
-        ([50, 50, 50, 50], [], None, [16] * 12 + [8]),  # no short block between reads
-        ([3, 1, 7, 0, 30], [], None, [16, 16, 9]),
-        ([20, 20], ["d0", "d17", "d25"], None, [16, 16, 5]),  # done ids are not counted
-        ([20, 20], [], 21, [16, 5]),
-        ([10], [], None, [10]),
+        (200, [], None, [16] * 12 + [8]),
+        (41, [], None, [16, 16, 9]),
+        (40, ["d0", "d17", "d25"], None, [16, 16, 5]),  # done ids are not counted
+        (40, [], 21, [16, 5]),
+        (10, [], None, [10]),
     ],
 )
-def test_blocks_are_exactly_the_batch_size_but_the_last(sizes, done, limit, expected):
-    blocks = list(
-        read_documents(
-            _Read(sizes),
-            kind="jsonl",
-            root="",
-            text_field="text",
-            id_field="id",
-            done=pa.array(done, pa.string()),
-            limit=limit,
-            block_rows=16,
-        )
-    )
+def test_blocks_are_exactly_the_batch_size_but_the_last(count, done, limit, expected):
+    blocks = list(read_documents(_rows(count), done=done, limit=limit, block_rows=16))
     assert [block.num_rows for block in blocks] == expected
     ids = [row["doc_id"] for block in blocks for row in block.to_pylist()]
-    wanted = [f"d{i}" for i in range(sum(sizes)) if f"d{i}" not in done][:limit]
+    wanted = [f"d{i}" for i in range(count) if f"d{i}" not in done][:limit]
     assert ids == wanted  # in input order, each once
+
+
+def test_read_documents_sends_each_id_once():
+    rows = _rows(3) + _rows(2) + [InputRow("d1", "other text", None, "line 9", True)]
+    blocks = list(read_documents(rows, block_rows=16))
+    assert [r["doc_id"] for b in blocks for r in b.to_pylist()] == ["d0", "d1", "d2"]
+    assert blocks[0].to_pylist()[1]["text"] == "text 1"  # the first row of the id
 
 
 def test_halves_cut_each_block_in_order():
@@ -327,41 +311,76 @@ def test_halves_cut_each_block_in_order():
     ]
 
 
-def test_records_get_ids_and_bad_rows_are_named():
-    table = pa.table({"key": [5, 6, None], "body": ["one", "two", "three"]})
-    out = _normalize(
-        table, kind="parquet", root="", text_field="body", id_field="key", done=pa.array(["6"])
-    ).to_pylist()
+def test_records_get_ids_and_bad_rows_are_named(tmp_path):
+    pq.write_table(pa.table({"key": [5, 6, None], "body": ["one", "two", "three"]}),
+                   tmp_path / "docs.parquet")
+    source = read_input(tmp_path / "docs.parquet", text_field="body", id_field="key")
+    out = [r for b in read_documents(source.rows(), done=["6"]) for r in b.to_pylist()]
     assert [(r["doc_id"], r["text"], r["input_error"]) for r in out] == [
         ("5", "one", None),
         (out[1]["doc_id"], "three", "no id in field 'key'"),
     ]
     assert out[1]["doc_id"].startswith("<no id>:")
-    numbers = _normalize(
-        pa.table({"id": ["a"], "text": [4]}),
-        kind="jsonl",
-        root="",
-        text_field="text",
-        id_field="id",
-        done=None,
-    ).to_pylist()
-    assert numbers == [
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"id": "a", "text": 4}\n', encoding="utf-8")
+    assert [r for b in read_documents(read_input(numbers).rows()) for r in b.to_pylist()] == [
         {"doc_id": "a", "text": None, "input_error": "field 'text' holds int, not text"}
     ]
     # without an id field, identical texts are one document
-    hashed = (
-        _normalize(
-            pa.table({"text": ["same", "same", "other"]}),
-            kind="jsonl",
-            root="",
-            text_field="text",
-            id_field=None,
-            done=None,
-        )
-        .column("doc_id")
-        .to_pylist()
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["same", "same", "other"]))
+    rows = list(read_input(same).rows())
+    assert rows[0].doc_id == rows[1].doc_id != rows[2].doc_id and len(rows[0].doc_id) == 32
+    check = check_input(read_input(same))
+    assert (check.rows, check.documents, check.repeated_texts, check.duplicate_rows) == (3, 2, 1, 0)
+
+
+def test_bad_jsonl_lines_are_documents_of_their_own_naming_file_and_line(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(
+        b'\xef\xbb\xbf{"id": "1", "text": "Ada Lovelace."}\n'  # a BOM on the first line
+        b'{"id": "2", "text": "caf\xe9"}\n'  # latin-1, not UTF-8
+        b"\n"
+        b'{"id": "3", "text": "cut short"\n'
+        b"[1, 2]\n"
+        b'{"id": "4", "text": "bad \\ud800 surrogate"}\n'
+        b'{"id": {"x": 1}, "text": "Grace Hopper."}\n'
+        b'{"id": "5", "text": "Grace Hopper."}\n'
     )
-    assert hashed[0] == hashed[1] != hashed[2] and len(hashed[0]) == 32
+    (folder / "b.jsonl").write_text('{"id": "6", "text": "Alan Turing."}\n', encoding="utf-8")
+    source = read_input(folder)
+    assert source.id_field == "id"
+    rows = [r for b in read_documents(source.rows()) for r in b.to_pylist()]
+    got = [(r["doc_id"], r["input_error"]) for r in rows]
+    assert got == [
+        ("1", None),
+        ("<bad line>:a.jsonl line 2",
+         "a.jsonl line 2: not UTF-8 text (invalid continuation byte at byte 24)"),
+        ("<bad line>:a.jsonl line 4",
+         "a.jsonl line 4: not valid JSON (Expecting ',' delimiter at column 32)"),
+        ("<bad line>:a.jsonl line 5", "a.jsonl line 5: holds a JSON list, not an object"),
+        ("4", "field 'text': not valid Unicode (surrogates not allowed at character 4)"),
+        ("<bad id>:a.jsonl line 7", "field 'id' holds dict, not an id"),
+        ("5", None),
+        ("6", None),
+    ]
+    assert rows[0]["text"] == "Ada Lovelace."
+    # a file in which no line is a JSON object is refused, naming the first line
+    (tmp_path / "notes.jsonl").write_text("id,text\n1,x\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"notes.jsonl: not JSON lines: no line holds a JSON "
+                                         r"object \(first: notes.jsonl line 1: not valid JSON"):
+        read_input(tmp_path / "notes.jsonl")
+
+
+def test_the_fingerprint_is_the_documents_not_their_order(tmp_path):
+    lines = [json.dumps({"id": i, "text": document_text(i)}) + "\n" for i in range(5)]
+    (tmp_path / "a.jsonl").write_text("".join(lines))
+    (tmp_path / "b.jsonl").write_text("".join(reversed(lines)))
+    (tmp_path / "c.jsonl").write_text("".join(lines).replace("Note 3", "Note three"))
+    a, b, c = (check_input(read_input(tmp_path / f"{n}.jsonl")) for n in "abc")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert a.fingerprint.startswith("5:") and (a.rows, a.documents) == (5, 5)
 
 
 def test_bad_inputs_are_named(tmp_path):
@@ -373,8 +392,12 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.jsonl: no such file"):
         read_input(tmp_path / "nothing.jsonl")
     (tmp_path / "broken.jsonl").write_text('{"text": "x"\n')
-    with pytest.raises(ValueError, match="broken.jsonl: could not read it as jsonl"):
+    with pytest.raises(ValueError, match="broken.jsonl: not JSON lines"):
         read_input(tmp_path / "broken.jsonl")
+    pq_bad = tmp_path / "bad.parquet"
+    pq_bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="bad.parquet: could not read it as parquet"):
+        read_input(pq_bad)
     (tmp_path / "notes.csv").write_text("text\nx\n")
     with pytest.raises(ValueError, match="notes.csv: unsupported input"):
         read_input(tmp_path / "notes.csv")
@@ -390,6 +413,8 @@ def test_bad_inputs_are_named(tmp_path):
         ).validate()
     with pytest.raises(ValueError, match="at least one label"):
         ExtractOptions(input=mixed, output=tmp_path / "o", labels=[]).validate()
+    with pytest.raises(ValueError, match="dedupe must be one of"):
+        ExtractOptions(input=mixed, output=tmp_path / "o", labels=["x"], dedupe="last").validate()
     with pytest.raises(FileNotFoundError, match="nope: no such model folder"):
         ExtractOptions(
             input=mixed, output=tmp_path / "o", labels=["x"], model=str(tmp_path / "nope")
@@ -398,11 +423,116 @@ def test_bad_inputs_are_named(tmp_path):
 
 def test_a_folder_without_results_takes_new_settings(tmp_path):
     (tmp_path / "parts").mkdir()
-    _check_manifest(tmp_path, {"labels": ["a"]})
-    _check_manifest(tmp_path, {"labels": ["b"]})  # nothing there yet: a new start
+    first = {"path": "a.jsonl", "documents": 1, "fingerprint": "1:aa"}
+    assert _check_manifest(tmp_path, {"labels": ["a"]}, first) == [first]
+    _write_manifest(tmp_path, {"labels": ["a"]}, [first])
+    assert _check_manifest(tmp_path, {"labels": ["b"]}) == []  # nothing there yet: a new start
     pq.write_table(pa.table({"doc_id": ["1"]}), tmp_path / "parts" / "part-1.parquet")
-    with pytest.raises(ValueError, match=r"labels: \['b'\] there, \['c'\] now"):
+    with pytest.raises(ValueError, match=r"labels: \['a'\] there, \['c'\] now"):
         _check_manifest(tmp_path, {"labels": ["c"]})
+    # with results, another input is refused unless appended
+    other = {"path": "b.jsonl", "documents": 2, "fingerprint": "2:bb"}
+    assert _check_manifest(tmp_path, {"labels": ["a"]}, first) == [first]
+    with pytest.raises(ValueError, match=r"holds results for another input: a.jsonl \(1 documents"
+                                         r", fingerprint 1:aa\); b.jsonl has 2 documents"):
+        _check_manifest(tmp_path, {"labels": ["a"]}, other)
+    assert _check_manifest(tmp_path, {"labels": ["a"]}, other, append=True) == [first, other]
+
+
+def _corpus(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_refusals_write_nothing(scripted_pipeline_dir, tmp_path):
+    """Duplicate ids, an empty input and another input are refused before Ray starts
+    or anything is written; the refusal names the input."""
+
+    def options(corpus, out, **kwargs):
+        return ExtractOptions(input=corpus, output=out, labels=LABELS,
+                              pipeline=scripted_pipeline_dir, progress=False, **kwargs)
+
+    records = [{"id": i % 4, "text": document_text(i)} for i in range(7)]  # 0-2 twice
+    dup = _corpus(tmp_path / "dup.jsonl", records)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as err:
+        extract(options(dup, out))
+    assert str(err.value) == (
+        f"{dup}: 3 rows repeat an id of an earlier row ('0' again at dup.jsonl line 5; "
+        "'1' again at dup.jsonl line 6; '2' again at dup.jsonl line 7). Each document needs its "
+        "own id: fix the ids, choose another --id-field, or pass --dedupe first to keep the "
+        "first row of each id."
+    )
+    assert not out.exists()
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty.jsonl: no documents in the input"):
+        extract(options(empty, out))
+    assert not out.exists()
+
+    # a folder holding results for another input: refused, nothing in it changes
+    out.mkdir()
+    (out / "parts").mkdir()
+    first = _corpus(tmp_path / "first.jsonl", records[:4])
+    manifest = options(first, out)
+    manifest.validate()
+    fingerprint = check_input(read_input(first)).fingerprint
+    _write_manifest(out, manifest.manifest(),
+                    [{"path": str(first), "documents": 4, "fingerprint": fingerprint}])
+    _atomic_write_table(pa.table({"doc_id": ["0"]}), out / "parts" / "part-1.parquet")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    second = _corpus(tmp_path / "second.jsonl",
+                     [{"id": i, "text": f"Another text {i}."} for i in range(4)])
+    with pytest.raises(ValueError, match=r"holds results for another input: .*first.jsonl "
+                                         r"\(4 documents.*second.jsonl has 4 documents"):
+        extract(options(second, out))
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_dedupe_first_bad_lines_and_append_through_ray(ray_cluster, scripted_pipeline_dir,
+                                                        tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(
+        b"".join(json.dumps({"id": i, "text": document_text(i)}).encode() + b"\n"
+                 for i in range(5))
+        + b'{"id": 2, "text": "a second row for id 2"}\n'
+        + b'{"id": 9, "text": "caf\xe9"}\n'
+        + b"not json\n"
+    )
+    out = tmp_path / "out"
+
+    def options(path, **kwargs):
+        return ExtractOptions(input=path, output=out, labels=LABELS, actors=1, batch_size=4,
+                              pipeline=scripted_pipeline_dir, progress=False, **kwargs)
+
+    summary = extract(options(corpus, dedupe="first"))
+    status = assert_consistent(out)
+    assert set(status) == {"0", "1", "2", "3", "4",
+                           "<bad line>:corpus.jsonl line 7", "<bad line>:corpus.jsonl line 8"}
+    assert status["<bad line>:corpus.jsonl line 8"]["error"] == (
+        "corpus.jsonl line 8: not valid JSON (Expecting value at column 1)"
+    )
+    assert status["<bad line>:corpus.jsonl line 7"]["error"].startswith(
+        "corpus.jsonl line 7: not UTF-8 text"
+    )
+    assert all(status[str(i)]["status"] == "ok" for i in range(5))
+    assert [r["text"] for r in entity_rows(out) if r["doc_id"] == "2"] == [
+        "Ada Lovelace", "London"]  # the first row of id 2
+    assert summary["run"]["duplicate_ids"] == 1 and summary["run"]["processed"] == 7
+
+    # another input with the same ids: refused; appended on request, new ids only
+    more = _corpus(tmp_path / "more.jsonl",
+                   [{"id": i, "text": document_text(100 + i)} for i in range(3, 7)])
+    with pytest.raises(ValueError, match="holds results for another input"):
+        extract(options(more))
+    appended = extract(options(more, append=True))
+    assert appended["run"]["processed"] == 2 and appended["run"]["appended"]
+    assert set(assert_consistent(out)) >= {"5", "6"}
+    manifest = json.loads((out / "extract.json").read_text())
+    assert [Path(i["path"]).name for i in manifest["inputs"]] == ["corpus.jsonl", "more.jsonl"]
+    # either input now resumes without --append
+    assert extract(options(corpus, dedupe="first"))["run"]["processed"] == 0
 
 
 def test_cli_with_the_tiny_model(ray_cluster, tiny_model_dir, tmp_path):
@@ -470,3 +600,26 @@ def test_cli_with_the_tiny_model(ray_cluster, tiny_model_dir, tmp_path):
     # a folder holding other results is refused, naming what differs
     other = CliRunner().invoke(app, [*args[:5], "person", *args[6:]])
     assert other.exit_code == 2 and "holds results made with other settings" in other.output
+
+
+def test_cli_refusals_exit_2_and_name_the_input(scripted_pipeline_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from ray_jobs.extract import app
+
+    corpus = _corpus(tmp_path / "docs.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+    out = tmp_path / "out"
+    args = ["--input", str(corpus), "--output", str(out), "--labels", "person",
+            "--pipeline", str(scripted_pipeline_dir), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"error: {corpus}: 1 rows repeat an id of an earlier row ('a' again at docs.jsonl " \
+           "line 2)" in result.output
+    assert "--dedupe first" in result.output and not out.exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = CliRunner().invoke(app, ["--input", str(empty), *args[2:]])
+    assert result.exit_code == 2 and "empty.jsonl: no documents in the input" in result.output
+    assert not out.exists()
+    help_text = CliRunner().invoke(app, ["--help"]).output
+    assert "--dedupe" in help_text and "--append" in help_text and "--verbose" in help_text
