@@ -304,8 +304,9 @@ def test_definitions_for_labels_not_asked_are_refused_naming_them():
 
 
 def test_definitions_are_normalised_like_labels_and_free_without_configured_labels():
-    nlp = make_nlp({}, labels=["multi\nline  type"],
-                   label_definitions={"multi  line type": "a thing"})
+    with pytest.warns(UserWarning, match="normalised"):
+        nlp = make_nlp({}, labels=["multi\nline  type"],
+                       label_definitions={"multi  line type": "a thing"})
     assert nlp.get_pipe("universal_ner").label_definitions == {"multi line type": "a thing"}
     # labels given per call: any label may be defined
     nlp = make_nlp({}, labels=[], label_definitions={"person": "a human being"})
