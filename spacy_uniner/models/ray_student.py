@@ -416,19 +416,13 @@ def make_ray_student_v1(
     student (Optional[Student]): any other student block instead; then the HF
         settings must stay at their defaults.
     """
-    hf = {
-        "name": name, "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size, "threads": threads, "allow_download": allow_download,
-        "adapter": adapter, "prefix_sharing": prefix_sharing, "empty_bias": empty_bias,
-        "prepack": prepack, "draft_tokens": draft_tokens, "retain_memory": retain_memory,
-        "lean_forward": lean_forward, "common_prefix": common_prefix,
-        "prefill_attention": prefill_attention,
-    }
+    settings = dict(locals())
+    hf_params = inspect.signature(make_hf_student_v1).parameters
+    hf = {k: settings[k] for k in hf_params}
     if student is None:
         student = make_hf_student_v1(**hf)
     else:
-        signature = inspect.signature(make_ray_student_v1).parameters
-        changed = sorted(k for k, v in hf.items() if v != signature[k].default)
+        changed = sorted(k for k, v in hf.items() if v != hf_params[k].default)
         if changed:
             raise ValueError(
                 f"RayStudent: give either a student block or HF settings, not both "
