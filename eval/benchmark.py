@@ -43,14 +43,16 @@ class Format(str, Enum):
 
 def model_block(model: str, model_config: Optional[Path], max_new_tokens: Optional[int],
                 batch_size: Optional[int], device: Optional[str], dtype: Optional[str],
-                threads: Optional[int], adapter: Optional[Path] = None) -> Dict[str, Any]:
+                threads: Optional[int], adapter: Optional[Path] = None,
+                grounded: bool = True) -> Dict[str, Any]:
     """The component's ``model`` block from the options (a JSON file wins over --model)."""
     if model_config is not None:
         block = json.loads(model_config.read_text(encoding="utf8"))
         if "@uniner_models" not in block:
             raise typer.BadParameter("needs an '@uniner_models' key", param_hint="--model-config")
         return block
-    block: Dict[str, Any] = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model}
+    block: Dict[str, Any] = {"@uniner_models": "spacy_uniner.HFStudent.v2", "name": model,
+                             "grounded": grounded}
     for key, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
                        ("device", device), ("dtype", dtype), ("threads", threads),
                        ("adapter", str(adapter) if adapter else None)):
@@ -148,6 +150,9 @@ def main(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, auto (HF student)"),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, ... (HF student)"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
+    grounded: bool = typer.Option(
+        True, "--grounded/--free", help="grounded decoding (mentions kept to the passage) or "
+        "free greedy decoding (HF student)"),
     max_passage_tokens: int = typer.Option(256, min=1, help="window size in student tokens"),
     overwrite: bool = typer.Option(False, help="discard cached predictions"),
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -191,7 +196,7 @@ def main(
                                limit=limit, seed=seed)
         benches = {bench.name: bench}
     block = model_block(model, model_config, max_new_tokens, batch_size, device, dtype, threads,
-                        adapter)
+                        adapter, grounded)
     nlp = build_nlp(block, max_passage_tokens)
     output.mkdir(parents=True, exist_ok=True)
     per_column: Dict[str, Dict[str, Any]] = {}

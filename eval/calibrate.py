@@ -1,0 +1,97 @@
+"""Choose a student's ``empty_bias`` on labelled data (the dev suite, or your own files).
+
+    python -m eval.calibrate --model smollm2-135m-instruct --adapter training/student/adapter \
+        --dev --write training/student/adapter/uniner_student.json
+    python -m eval.calibrate --model default --data my_docs.txt --format bio --label-map my.json
+
+``empty_bias`` lowers the student's "no such entity" answer at the first reply
+token by that many nats: higher finds more (recall), lower answers ``[]`` more
+often (precision). One student run scores every bias in ``--biases``
+(spacy_uniner.calibration); the one with the best average strict F1 wins.
+``--write`` records it beside the adapter (``uniner_student.json``), where
+``empty_bias = null`` (the default) picks it up. Never calibrate on the
+zero-shot test suite (CrossNER, MIT): it only reports.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from eval.benchmark import DEFAULT_SHARED, Format, build_nlp, model_block
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    model: str = typer.Option("default", help="'default', 'smollm2-135m-instruct' or an HF folder"),
+    adapter: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                           help="a LoRA adapter folder over --model"),
+    dev: bool = typer.Option(False, "--dev", help="calibrate on the dev suite"),
+    data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                        help="your own labelled file instead (uniner JSON or BIO)"),
+    format: Format = typer.Option(Format.bio, "--format", help="format of --data"),
+    label_map: Optional[str] = typer.Option(None, help="BIO: built-in map name or JSON file"),
+    limit: Optional[int] = typer.Option(None, min=1, help="seeded passages per set (dev: 200)"),
+    seed: int = typer.Option(0),
+    biases: str = typer.Option(",".join(map(str, (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0,
+                                                   5.0))), help="comma-separated nats to try"),
+    grounded: bool = typer.Option(True, "--grounded/--free",
+                                  help="grounded decoding (HFStudent.v2's default) or free"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
+    shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (dev suite)"),
+    write: Optional[Path] = typer.Option(
+        None, dir_okay=False, help="record the best bias in this uniner_student.json (merged)"),
+    output: Path = typer.Option(Path("eval/results/calibration.json"), dir_okay=False),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Sweep empty_bias, print a table, write the result (and optionally the choice)."""
+    from tqdm import tqdm
+
+    from spacy_uniner.benchmarks import DEV_LIMIT, dev_suite, load_benchmark
+    from spacy_uniner.calibration import sweep_empty_bias
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if dev == (data is not None):
+        raise typer.BadParameter("give exactly one of --dev or --data")
+    try:
+        values = [float(b) for b in biases.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"not a list of numbers: {biases!r}", param_hint="--biases")
+    if dev:
+        benches = dev_suite(shared_data, limit=DEV_LIMIT if limit is None else limit, seed=seed)
+    else:
+        bench = load_benchmark(data, format.value, label_map=label_map, limit=limit, seed=seed)
+        benches = {bench.name: bench}
+    block = model_block(model, None, None, None, None, None, threads, adapter, grounded)
+    nlp = build_nlp(block, 256)
+    total = sum(len(b.passages) for b in benches.values())
+    with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar:
+        result = sweep_empty_bias(nlp, benches, values, progress=bar.update)
+    result["model"] = block
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    names = list(benches)
+    typer.echo(f"{result['passages']} passages, {result['queries']} queries; strict F1 x 100")
+    typer.echo("| empty_bias | " + " | ".join(names) + " | average | partial | UniNER string |")
+    typer.echo("|---:|" + "---:|" * (len(names) + 3))
+    for row in result["rows"]:
+        cells = [f"{100 * row['per_set'][n]['strict_f']:.1f}" for n in names]
+        typer.echo(f"| {row['empty_bias']:g} | " + " | ".join(cells)
+                   + f" | {100 * row['strict_f']:.1f} | {100 * row['partial_f']:.1f}"
+                   f" | {100 * row['uniner_f']:.1f} |")
+    best = result["best"]["empty_bias"]
+    typer.echo(f"best empty_bias: {best:g} (wrote {output})")
+    if write is not None:
+        settings = json.loads(write.read_text(encoding="utf8")) if write.exists() else {}
+        settings.update({"empty_bias": best, "calibrated_on": names,
+                         "calibration_passages": result["passages"]})
+        write.write_text(json.dumps(settings, indent=2) + "\n")
+        typer.echo(f"recorded empty_bias = {best:g} in {write}")
+
+
+if __name__ == "__main__":
+    app()

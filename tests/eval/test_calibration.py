@@ -1,0 +1,71 @@
+"""empty_bias calibration: one student run decides every bias, exactly as the student would."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from spacy_uniner import prompts
+from spacy_uniner.calibration import MarginReplay
+from spacy_uniner.models.hf import HFStudent
+
+TEXTS = ["Ada Lovelace met Charles Babbage in London in 1833.", "Short.", "Paris is big."]
+LABELS = ["person", "date", "location", "x"]
+
+
+@pytest.mark.parametrize("grounded", [False, True])
+def test_margins_decide_every_bias(tiny_model_dir, grounded):
+    ps = [prompts.render_query(t, label) for t in TEXTS for label in LABELS]
+    settings = dict(max_new_tokens=6, threads=1, grounded=grounded)
+    replay = MarginReplay(HFStudent(str(tiny_model_dir), **settings))
+    replay.generate(ps)
+    margins = sorted(m for _, m in replay.seen.values())
+    assert len(margins) == len(ps)
+    middle = (margins[len(margins) // 2 - 1] + margins[len(margins) // 2]) / 2
+    for bias in (margins[0] - 1, middle, margins[-1] + 1):
+        replay.bias = bias
+        want = HFStudent(str(tiny_model_dir), empty_bias=bias, **settings).generate(ps)
+        got = replay.generate(ps)
+        assert [g.text for g in got] == [g.text for g in want], bias
+    replay.bias = middle
+    empties = sum(g.text == "[]" for g in replay.generate(ps))
+    assert 0 < empties < len(ps)  # the middle bias splits the queries
+
+
+def test_replay_needs_margins():
+    with pytest.raises(TypeError, match="generate_with_margins"):
+        MarginReplay(object())
+
+
+def test_calibrate_cli_sweeps_once_and_records_the_best(
+    tiny_model_dir, shared_data, slice_bio, tmp_path, monkeypatch
+):
+    from eval.calibrate import app
+
+    calls = []
+    original = HFStudent.generate_with_margins
+    monkeypatch.setattr(HFStudent, "generate_with_margins",
+                        lambda self, ps: calls.append(len(ps)) or original(self, ps))
+    data = slice_bio(shared_data / "benchmarks/bio/crossner/conll2003/dev.txt", 12)
+    settings = tmp_path / "uniner_student.json"
+    settings.write_text(json.dumps({"note": "kept"}))
+    out = tmp_path / "calibration.json"
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_model_dir), "--data", str(data), "--format", "bio",
+        "--label-map", "conll2003", "--biases", "-20,0,3,20", "--threads", "1",
+        "--write", str(settings), "--output", str(out), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    swept = json.loads(out.read_text())
+    assert [r["empty_bias"] for r in swept["rows"]] == [-20, 0, 3, 20]
+    assert sum(calls) == swept["queries"] > 0  # every query asked once, whatever the biases
+    best = max(swept["rows"], key=lambda r: (r["strict_f"], -r["empty_bias"]))
+    recorded = json.loads(settings.read_text())
+    assert recorded["empty_bias"] == best["empty_bias"] and recorded["note"] == "kept"
+    # bias -20: every answer is "[]", nothing is found
+    assert swept["rows"][0]["strict_f"] == 0.0
+    assert "best empty_bias" in result.output
+    assert HFStudent(str(tiny_model_dir), adapter=str(tmp_path)).empty_bias == best["empty_bias"]
+
+    bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--dev", "--data", str(data)])
+    assert bad.exit_code != 0 and "exactly one of --dev or --data" in bad.output
