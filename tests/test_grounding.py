@@ -116,8 +116,9 @@ def test_grounded_answers_agree_across_decoders(tiny_model_dir):
         assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-3)
 
 
-def test_v2_grounds_by_default_and_v1_does_not():
-    assert make_hf_student_v2(name="x").grounded is True
-    assert make_hf_student_v2(name="x", grounded=False).grounded is False
-    assert make_hf_student_v1(name="x").grounded is False
-    assert "grounded=True" in repr(make_hf_student_v2(name="x"))
+def test_v2_grounds_by_default_and_v1_does_not(tiny_model_dir):
+    name = str(tiny_model_dir)
+    assert make_hf_student_v2(name=name).grounded is True
+    assert make_hf_student_v2(name=name, grounded=False).grounded is False
+    assert make_hf_student_v1(name=name).grounded is False
+    assert "grounded=True" in repr(make_hf_student_v2(name=name))

@@ -72,10 +72,41 @@ def test_bfloat16_and_bad_settings(tiny_model_dir):
         HFStudent(str(tiny_model_dir), max_new_tokens=0)
 
 
-def test_missing_model_is_a_clear_error(tmp_path):
-    s = HFStudent(str(tmp_path / "nope"))
-    with pytest.raises(OSError, match="nope"):
-        s.load()
+def test_bad_model_sources_are_clear_errors_at_construction(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+
+    import torch
+
+    with pytest.raises(FileNotFoundError, match="Student model folder .*nope.* does not exist"):
+        HFStudent(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        HFStudent(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="'someone/unknown-model' is neither a local folder "
+                       "nor in the local Hugging Face cache.*downloads are off"):
+        HFStudent("someone/unknown-model")
+    HFStudent("someone/unknown-model", allow_download=True)  # may be fetched: no error yet
+    with pytest.raises(FileNotFoundError, match="adapter folder .*missing"):
+        HFStudent(str(tiny_model_dir), adapter=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="threads must be positive"):
+        HFStudent(str(tiny_model_dir), threads=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda:1': CUDA is not available"):
+        HFStudent(str(tiny_model_dir), device="cuda:1")
+    # truncated weights: the error names the file
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(OSError, match=r"model\.safetensors is unreadable \(truncated"):
+        HFStudent(str(broken)).load()
+
+
+def test_students_with_the_same_weights_share_one_model(tiny_model_dir):
+    a = HFStudent(str(tiny_model_dir), threads=1).load()
+    b = HFStudent(str(tiny_model_dir), max_new_tokens=5, threads=1).load()
+    c = HFStudent(str(tiny_model_dir), dtype="bfloat16", threads=1).load()
+    assert a._model is b._model and c._model is not a._model
+    assert b._workspace is not a._workspace
 
 
 def test_component_end_to_end_with_tiny_model(tiny_model_config):
@@ -198,12 +229,12 @@ def test_a_pickled_student_loads_again(tiny_model_dir):
     assert [g.text for g in copy.generate(ps)] == [g.text for g in want]
 
 
-def test_v1_accepts_the_retired_speed_settings_and_warns():
+def test_v1_accepts_the_retired_speed_settings_and_warns(tiny_model_dir):
     with pytest.warns(FutureWarning, match="draft_tokens, prepack .* ignored"):
-        student = make_hf_student_v1(name="x", prepack=True, draft_tokens=0)
+        student = make_hf_student_v1(name=str(tiny_model_dir), prepack=True, draft_tokens=0)
     assert "prepack" not in repr(student)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_hf_student_v1(name="x")  # the old defaults: no warning
+        make_hf_student_v1(name=str(tiny_model_dir))  # the old defaults: no warning

@@ -2,10 +2,11 @@
 
 import logging
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..default_student import DEFAULT_MODEL, default_adapter, resolve_model
+from ..default_student import BASE_MODEL, DEFAULT_MODEL, default_adapter, resolve_model
 from ..parsing import STOP_MARKER, list_closed, list_repeats
 from ..prompts import SEP2, USER
 from ..registry import uniner_models
@@ -17,6 +18,9 @@ logger = logging.getLogger("spacy_uniner")
 RETIRED = {"prepack": None, "draft_tokens": 1, "retain_memory": None, "lean_forward": True,
            "common_prefix": True, "prefill_attention": "auto"}
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
+# Loaded models by what identifies them: students with the same weights, device and
+# dtype in one process share one copy (held while some student holds it).
+_LOADED: "weakref.WeakValueDictionary[Tuple[str, ...], Any]" = weakref.WeakValueDictionary()
 
 
 def answer_complete(text: str, stop: str = STOP_MARKER) -> bool:
@@ -73,11 +77,24 @@ class HFStudent:
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-        if max_new_tokens < 1 or batch_size < 1:
+        if max_new_tokens < 1 or batch_size < 1 or (threads is not None and threads < 1):
             raise ValueError(
-                f"max_new_tokens and batch_size must be positive, "
-                f"got {max_new_tokens} and {batch_size}"
+                f"max_new_tokens, batch_size and threads must be positive, "
+                f"got {max_new_tokens}, {batch_size} and {threads}"
             )
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"HFStudent device {device!r}: CUDA is not available here (torch "
+                    f"{torch.__version__}); use device 'cpu', or 'auto' to take a GPU when "
+                    f"there is one"
+                )
+        if name not in (DEFAULT_MODEL, BASE_MODEL):
+            check_model_source(name, allow_download)
+        if adapter is not None and not Path(adapter).is_dir():
+            raise FileNotFoundError(f"Student adapter folder {adapter!r} does not exist")
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -139,11 +156,29 @@ class HFStudent:
         if self._model is not None:
             return self
         import torch
-        from transformers import AutoModelForCausalLM
 
         if self.threads:
             torch.set_num_threads(self.threads)
         source = self.path
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        key = (source, str(self.adapter), device, self.dtype)
+        model = _LOADED.get(key)
+        if model is None:
+            model = self._load_model(source, device)
+            _LOADED[key] = model
+        else:
+            logger.info("Student %s shares the model already loaded on %s", source, device)
+        self._model = model
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        _ = self.tokenizer
+        return self
+
+    def _load_model(self, source: str, device: str) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
         kwargs: Dict[str, Any] = {
             "local_files_only": self._local_only(source),
             "dtype": "auto" if self.dtype == "auto" else getattr(torch, self.dtype),
@@ -152,22 +187,24 @@ class HFStudent:
         }
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        except OSError as err:
-            hint = "" if self.allow_download else " (downloads are off: allow_download = true)"
-            raise OSError(f"Could not load student model {self.name!r}{hint}: {err}") from err
+        except Exception as err:
+            raise OSError(
+                f"Could not load student model {self.name!r} from {source}: "
+                f"{damaged_weights(source) or err}"
+            ) from err
         if self.adapter:
             from peft import PeftModel
 
-            # Merged once: inference then costs what the base model costs.
-            model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model = model.to(device).eval()
-        self.num_parameters = sum(p.numel() for p in model.parameters())
-        _ = self.tokenizer
+            try:
+                # Merged once: inference then costs what the base model costs.
+                model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
+            except Exception as err:
+                raise OSError(
+                    f"Could not load student adapter {self.adapter}: "
+                    f"{damaged_weights(self.adapter) or err}"
+                ) from err
         logger.info("Loaded student %s on %s", source, device)
-        return self
+        return model.to(device).eval()
 
     @property
     def empty_list_ids(self) -> List[int]:
@@ -354,6 +391,45 @@ class HFStudent:
                 {"name": self.name, "resolved": self.path, "adapter": self.adapter}, indent=2
             )
         )
+
+
+def check_model_source(name: str, allow_download: bool) -> None:
+    """Raise a clear error, naming ``name``, for a student model that cannot
+    load: a local path that does not exist or holds no ``config.json``, or (with
+    downloads off) a hub id that is not in the local Hugging Face cache."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"Student model {name!r} is not a Hugging Face model folder (no config.json)"
+            )
+        return
+    if name.startswith((".", "/", "~")) or name.strip("/").count("/") != 1:
+        raise FileNotFoundError(f"Student model folder {name!r} does not exist")
+    if allow_download:
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise FileNotFoundError(
+            f"Student model {name!r} is neither a local folder nor in the local Hugging Face "
+            f"cache ({HF_HUB_CACHE}), and downloads are off: give a local folder, or set "
+            f"allow_download = true to fetch the hub id"
+        )
+
+
+def damaged_weights(folder: str) -> Optional[str]:
+    """A message naming the first unreadable ``*.safetensors`` file in ``folder``, if any."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as err:
+            return f"{path} is unreadable (truncated or damaged?): {err}"
+    return None
 
 
 def adapter_settings(adapter: Optional[str]) -> Dict[str, Any]:
