@@ -1,7 +1,11 @@
 """Ship a trained LoRA adapter as the package's default student, with its model card.
 
-    python -m train.ship --run training/student --base-eval eval/results/baseline-smollm2 \
+    python -m train.ship --run training/student --dev-eval eval/results/dev \
+        --calibration eval/results/calibration.json --base-eval eval/results/base \
         --eval eval/results/distilled --dest spacy_uniner/students/uniner-smollm2-135m
+
+The adapter's ``uniner_student.json`` (the calibrated ``empty_bias``, written by
+``eval.calibrate --write``) ships with it.
 """
 
 import json
@@ -14,6 +18,7 @@ import typer
 app = typer.Typer(add_completion=False)
 MAX_MB = 25.0
 FILES = ("adapter_config.json", "adapter_model.safetensors")
+SETTINGS = "uniner_student.json"
 
 
 def _avg_rows(metrics: Dict[str, Any], title: str) -> str:
@@ -31,7 +36,14 @@ def _avg_rows(metrics: Dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
-def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path]) -> str:
+def _sample(metrics: Dict[str, Any]) -> str:
+    counts = [d["counts"] for d in metrics["datasets"].values()]
+    passages = ", ".join(f"{name} {c['passages']}" for name, c in zip(metrics["datasets"], counts))
+    return f"passages per set: {passages} (seed {metrics['run'].get('seed')})"
+
+
+def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
+               dev_eval: Optional[Path] = None, calibration: Optional[Path] = None) -> str:
     record = json.loads((run / "uniner_training.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = record["config"]
@@ -46,9 +58,14 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path]) -
         "## Data",
         f"- Pile-NER subset: real ChatGPT (gpt-3.5) answers on Pile passages "
         f"(../shared/data/pile-ner), {data.get('by_source', {}).get('pile-ner', '?')} passages.",
-        "- CoNLL-2003 train and BC5CDR train, dataset-specific template (`Dataset: {name}`), "
+        "- CoNLL-2003 train and BC5CDR train: "
         f"{data.get('by_source', {}).get('CoNLL-2003', '?')} / {data.get('by_source', {}).get('BC5CDR', '?')} "
-        "passages of 4 sentences (seeded sample).",
+        "passages of 4 sentences (seeded sample), "
+        f"{data.get('plain_bio_passages', 0)} of them asked as plain questions with natural type "
+        "names, the rest with the dataset-specific template (`Dataset: {name}`).",
+        f"- Pile-NER split: {(data.get('pile_ner_split') or {}).get('used', 'all')} "
+        f"({(data.get('pile_ner_split') or {}).get('dev_passages_left_out', 0)} passages held out "
+        "for the dev suite).",
         f"- {data.get('conversations', '?')} conversations, {data.get('positive_queries', '?')} positive and "
         f"{data.get('negative_queries', '?')} negative queries ({data.get('negative_sampling', '?')} "
         "negative sampling, "
@@ -56,7 +73,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path]) -
            if data.get("negative_ratio") else f"{data.get('negatives', '?')} per open-type passage")
         + "; the Pile file's own empty answers used first), "
         f"{data.get('distinct_types', '?')} distinct types.",
-        "- No zero-shot evaluation set (CrossNER, MIT) was used for training.",
+        "- No zero-shot evaluation set (CrossNER, MIT) was used for training or for any choice.",
         "",
         "## Recipe",
         f"LoRA r={cfg['lora_r']}, alpha={cfg['lora_alpha']}, dropout={cfg['lora_dropout']} on all linear "
@@ -67,14 +84,39 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path]) -
         f"(train loss {metrics['train_loss']:.3f}). Reproduce: `spacy project run student`.",
         "",
     ]
+    if dev_eval is not None:
+        dev = json.loads((dev_eval / "metrics.json").read_text())
+        columns = list(dev["datasets"])
+        parts += [
+            "## Dev suite (F1 x 100; where every choice was made)",
+            f"Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions; "
+            f"{_sample(dev)}.",
+            "",
+            "| Model | " + " | ".join(columns) + " | Avg |",
+            "|---|" + "---:|" * (len(columns) + 1),
+            _avg_rows(dev, "distilled"),
+            "",
+        ]
+    if calibration is not None:
+        swept = json.loads(calibration.read_text())
+        best = swept["best"]
+        tried = ", ".join(f"{r['empty_bias']:g}" for r in swept["rows"])
+        at_zero = next((r["strict_f"] for r in swept["rows"] if r["empty_bias"] == 0), None)
+        parts += [
+            "## Calibration",
+            f"`empty_bias` = {best['empty_bias']:g} (recorded in `{SETTINGS}`), the best average "
+            f"strict F1 on the dev suite ({swept['passages']} passages, {swept['queries']} "
+            f"queries) among {tried}: {100 * best['strict_f']:.1f}"
+            + (f" (bias 0: {100 * at_zero:.1f})." if at_zero is not None else "."),
+            "",
+        ]
     if eval_dir is not None:
         distilled = json.loads((eval_dir / "metrics.json").read_text())
         columns = list(distilled["datasets"])
-        limit = distilled["run"].get("limit")
         parts += [
-            "## Zero-shot results (F1 x 100)",
-            f"Seeded sample of {limit} passages per dataset (seed {distilled['run'].get('seed')}), "
-            f"max_new_tokens {distilled['run']['model'].get('max_new_tokens')}; not the full test sets.",
+            "## Zero-shot results (F1 x 100; reported, never used to choose)",
+            f"{_sample(distilled)}; max_new_tokens "
+            f"{distilled['run']['model'].get('max_new_tokens')}.",
             "",
             "| Model | " + " | ".join(columns) + " | Avg |",
             "|---|" + "---:|" * (len(columns) + 1),
@@ -85,7 +127,8 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path]) -
     parts += [
         "## License and terms",
         "The base model is Apache-2.0. The Pile-NER answers are CC BY-NC 4.0 (UniversalNER",
-        "authors): this adapter is for research use only, not for commercial use.",
+        "authors): this adapter is for research use only, not for commercial use. The code of",
+        "spacy-uniner is MIT.",
         "",
     ]
     return "\n".join(parts)
@@ -97,6 +140,8 @@ def main(
     dest: Path = typer.Option(Path("spacy_uniner/students/uniner-smollm2-135m")),
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="eval.benchmark output of the run."),
     base_eval: Optional[Path] = typer.Option(None, help="eval.benchmark output of the base model."),
+    dev_eval: Optional[Path] = typer.Option(None, help="eval.benchmark --suite dev output of the run."),
+    calibration: Optional[Path] = typer.Option(None, help="eval.calibrate output of the run."),
 ) -> None:
     """Copy the adapter into the package and write its model card."""
     adapter = run / "adapter"
@@ -109,7 +154,11 @@ def main(
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copy2(adapter / name, dest / name)
-    (dest / "README.md").write_text(model_card(run, base_eval, eval_dir))
+    if (adapter / SETTINGS).exists():
+        shutil.copy2(adapter / SETTINGS, dest / SETTINGS)
+    else:
+        (dest / SETTINGS).unlink(missing_ok=True)
+    (dest / "README.md").write_text(model_card(run, base_eval, eval_dir, dev_eval, calibration))
     typer.echo(f"shipped {size:.1f} MB adapter to {dest}")
 
 

@@ -85,6 +85,26 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
         "README.md", "adapter_config.json", "adapter_model.safetensors"]
     card = (dest / "README.md").read_text()
     assert "CC BY-NC 4.0" in card and "1 steps" in card
+    # with the dev suite's metrics, a calibration and its recorded bias
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    one = {"strict": {"f": 0.5}, "partial": {"f": 0.6}, "uniner": {"f": 0.4},
+           "counts": {"passages": 131}}
+    (dev / "metrics.json").write_text(json.dumps({
+        "run": {"seed": 0}, "datasets": {"pile-ner-dev": one},
+        "averages": {"overall": {"strict": 0.5, "partial": 0.6, "uniner": 0.4}}}))
+    swept = tmp_path / "calibration.json"
+    rows = [{"empty_bias": 0.0, "strict_f": 0.4}, {"empty_bias": 1.5, "strict_f": 0.5}]
+    swept.write_text(json.dumps({"rows": rows, "best": rows[1], "passages": 131, "queries": 199}))
+    (run / "adapter" / "uniner_student.json").write_text(json.dumps({"empty_bias": 1.5}))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--dev-eval",
+                                      str(dev), "--calibration", str(swept)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((dest / "uniner_student.json").read_text()) == {"empty_bias": 1.5}
+    card = (dest / "README.md").read_text()
+    assert "| distilled: strict span F1 | 50.0 | 50.0 |" in card
+    assert "pile-ner-dev 131" in card
+    assert "`empty_bias` = 1.5" in card and "among 0, 1.5: 50.0 (bias 0: 40.0)" in card
     result = CliRunner(env={"COLUMNS": "400"}).invoke(
         app, ["--run", str(tmp_path / "nothing"), "--dest", str(dest)])
     assert result.exit_code == 2 and "train a LoRA run first" in result.output
