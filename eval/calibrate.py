@@ -42,6 +42,7 @@ def main(
     grounded: bool = typer.Option(True, "--grounded/--free",
                                   help="grounded decoding (HFStudent.v2's default) or free"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (dev suite)"),
     write: Optional[Path] = typer.Option(
         None, dir_okay=False, help="record the best bias in this uniner_student.json (merged)"),
@@ -66,7 +67,7 @@ def main(
     else:
         bench = load_benchmark(data, format.value, label_map=label_map, limit=limit, seed=seed)
         benches = {bench.name: bench}
-    block = model_block(model, None, None, None, None, None, threads, adapter, grounded)
+    block = model_block(model, None, max_new_tokens, None, None, None, threads, adapter, grounded)
     nlp = build_nlp(block, 256)
     total = sum(len(b.passages) for b in benches.values())
     with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar:
