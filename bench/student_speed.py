@@ -11,12 +11,14 @@ tail). Decoding is not in the roofline, so the fraction is conservative.
 Writes bench/results/student_speed.json.
 
 Every variant in --variants is timed in the same run (alternating), and its
-replies are compared with the first one's: a dtype (float32, bfloat16),
-optionally with ``:int8`` (torch's dynamic int8 quantisation of every linear
-layer). Lower precision is only worth it where the answers stay the same.
+replies are compared with the first one's: a dtype (float32, bfloat16) of the
+default student (HFStudent.v2: grounded decoding), optionally with ``:free``
+(free greedy decoding: what grounding costs) or ``:int8`` (torch's dynamic int8
+quantisation of every linear layer). Lower precision is only worth it where
+the answers stay the same.
 
     python bench/student_speed.py [--passages 8] [--model default]
-        [--variants float32,bfloat16,float32:int8]
+        [--variants float32,float32:free,bfloat16,float32:int8]
 """
 
 import json
@@ -70,10 +72,11 @@ def main(
     max_new_tokens: int = typer.Option(96, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together."),
     variants: str = typer.Option(
-        "float32,bfloat16,float32:int8",
-        help="Students to time, comma-separated: a dtype, optionally with ':int8' (dynamic int8 "
-        "quantisation of the linear layers); the first is the headline figure and the "
-        "reference the others' answers are compared with.",
+        "float32,float32:free,bfloat16,float32:int8",
+        help="Students to time, comma-separated: a dtype, optionally with ':free' (free "
+        "decoding instead of grounded) or ':int8' (dynamic int8 quantisation of the linear "
+        "layers); the first is the headline figure and the reference the others' answers are "
+        "compared with.",
     ),
     output: Path = typer.Option(ROOT / "bench" / "results" / "student_speed.json"),
 ) -> None:
@@ -88,7 +91,7 @@ def main(
     pipes = {}
     for name in names:
         dtype, _, option = name.partition(":")
-        if option not in ("", "int8"):
+        if option not in ("", "free", "int8"):
             raise typer.BadParameter(f"{name}: unknown option {option!r}", param_hint="--variants")
         if option == "int8" and dtype != "float32":
             raise typer.BadParameter(
@@ -99,7 +102,8 @@ def main(
             "universal_ner",
             config={
                 "labels": LABELS,
-                "model": {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": model,
+                "model": {"@uniner_models": "spacy_uniner.HFStudent.v2", "name": model,
+                          "grounded": option != "free",
                           "threads": threads, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "dtype": dtype},
                 "store_replies": True,
