@@ -45,7 +45,7 @@ def main(
     import torch
 
     from spacy_uniner import prompts as P
-    from spacy_uniner.benchmarks import load_uniner_json
+    from spacy_uniner.evaluation.benchmarks import load_uniner_json
     from spacy_uniner.models.decoding import packed_tokens
     from spacy_uniner.models.hf import HFStudent
 

@@ -85,7 +85,7 @@ def documents(n: int, corpus: str = "pile", per_doc: int = 2) -> list:
                     break
         docs = list(passages)
     elif corpus == "conll":
-        from spacy_uniner.benchmarks import load_bio
+        from spacy_uniner.evaluation.benchmarks import load_bio
 
         bench = load_bio(CONLL, column_order="auto", name="conll2003")
         texts = [p.text for p in bench.passages if len(p.text) > 40]
@@ -114,8 +114,8 @@ def main(
     import ray
     import torch
 
-    from spacy_uniner.cli import build_pipeline
     from spacy_uniner.extraction import ExtractOptions, extract
+    from spacy_uniner.pipeline import build_pipeline
 
     texts = documents(docs, corpus)
     if output is None:

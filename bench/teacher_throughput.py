@@ -48,14 +48,14 @@ def main(
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
+    from spacy_uniner.openai_server import OpenAIServer
     from spacy_uniner.teacher import AnnotateOptions, Secret, TeacherConfig, TeacherPrompt, annotate
     from spacy_uniner.teacher.replay import ReplayTeacher
-    from spacy_uniner.teacher.server import TeacherServer
 
     ray.init(
         num_cpus=2, include_dashboard=False, _temp_dir="/tmp/ray-uniner-bench", log_to_driver=False
     )
-    server = TeacherServer(ReplayTeacher.from_shared_data(DATA), delay_ms=latency_ms).start()
+    server = OpenAIServer(ReplayTeacher.from_shared_data(DATA), delay_ms=latency_ms).start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             options = AnnotateOptions(

@@ -5,7 +5,7 @@
     python -m eval.benchmark --model PATH --data test.txt --format bio --label-map crossner_ai
 
 The dev suite (held-out Pile-NER passages, CoNLL-2003 dev, BC5CDR dev as plain
-questions; ``spacy_uniner.benchmarks.DEV_SUITE``) is where choices are made; it
+questions; ``spacy_uniner.evaluation.benchmarks.DEV_SUITE``) is where choices are made; it
 asks a seeded 200 passages per set unless ``--limit`` says otherwise. The
 zero-shot suite is test data: run it to report, never to choose.
 
@@ -85,7 +85,7 @@ def write_chart(per_column: Dict[str, Dict[str, Any]], path: Path, title: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spacy_uniner.benchmarks import PAPER_ZERO_SHOT, ZERO_SHOT
+    from spacy_uniner.evaluation.benchmarks import PAPER_ZERO_SHOT, ZERO_SHOT
 
     columns = list(per_column)
     suite = all(c in ZERO_SHOT for c in columns)
@@ -160,18 +160,16 @@ def main(
     """Run the benchmark(s) and write metrics, predictions, a table and a chart."""
     from tqdm import tqdm
 
-    from spacy_uniner.benchmarks import (
+    from spacy_uniner.evaluation.benchmarks import (
         DEV_LIMIT,
         DEV_SUITE,
         SENTENCES_PER_PASSAGE,
         ZERO_SHOT,
-        averages,
         dev_suite,
         load_benchmark,
-        markdown_table,
-        run_benchmark,
         zero_shot_suite,
     )
+    from spacy_uniner.evaluation.runner import averages, markdown_table, run_benchmark
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (suite is None) == (data is None):
@@ -192,8 +190,11 @@ def main(
         else:
             benches = zero_shot_suite(shared_data, limit=limit, seed=seed, columns=columns)
     else:
-        bench = load_benchmark(data, format.value, name=name, label_map=label_map,
-                               limit=limit, seed=seed)
+        try:
+            bench = load_benchmark(data, format.value, name=name, label_map=label_map,
+                                   limit=limit, seed=seed)
+        except (OSError, ValueError) as err:  # the message names the file and the position
+            raise typer.BadParameter(str(err), param_hint="--data / --label-map") from None
         benches = {bench.name: bench}
     block = model_block(model, model_config, max_new_tokens, batch_size, device, dtype, threads,
                         adapter, grounded)

@@ -7,7 +7,7 @@
 ``empty_bias`` lowers the student's "no such entity" answer at the first reply
 token by that many nats: higher finds more (recall), lower answers ``[]`` more
 often (precision). One student run scores every bias in ``--biases``
-(spacy_uniner.calibration); the one with the best average strict F1 wins.
+(spacy_uniner.evaluation.calibration); the one with the best average strict F1 wins.
 ``--write`` records it beside the adapter (``uniner_student.json``), where
 ``empty_bias = null`` (the default) picks it up. Never calibrate on the
 zero-shot test suite (CrossNER, MIT): it only reports.
@@ -52,8 +52,8 @@ def main(
     """Sweep empty_bias, print a table, write the result (and optionally the choice)."""
     from tqdm import tqdm
 
-    from spacy_uniner.benchmarks import DEV_LIMIT, dev_suite, load_benchmark
-    from spacy_uniner.calibration import sweep_empty_bias
+    from spacy_uniner.evaluation.benchmarks import DEV_LIMIT, dev_suite, load_benchmark
+    from spacy_uniner.evaluation.calibration import sweep_empty_bias
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if dev == (data is not None):
@@ -65,7 +65,10 @@ def main(
     if dev:
         benches = dev_suite(shared_data, limit=DEV_LIMIT if limit is None else limit, seed=seed)
     else:
-        bench = load_benchmark(data, format.value, label_map=label_map, limit=limit, seed=seed)
+        try:
+            bench = load_benchmark(data, format.value, label_map=label_map, limit=limit, seed=seed)
+        except (OSError, ValueError) as err:  # the message names the file and the position
+            raise typer.BadParameter(str(err), param_hint="--data / --label-map") from None
         benches = {bench.name: bench}
     block = model_block(model, None, max_new_tokens, None, None, None, threads, adapter, grounded)
     nlp = build_nlp(block, 256)

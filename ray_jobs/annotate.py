@@ -139,14 +139,14 @@ def main(
 @contextlib.contextmanager
 def _replay_server(data_dir: Path):
     """The replay teacher in a background thread of this process, stopped on exit."""
+    from spacy_uniner.openai_server import OpenAIServer
     from spacy_uniner.teacher.replay import ReplayTeacher
-    from spacy_uniner.teacher.server import TeacherServer
 
     try:
         teacher = ReplayTeacher.from_shared_data(data_dir)
     except (OSError, ValueError) as err:
         raise typer.BadParameter(f"{data_dir}: {err}", param_hint="--replay-teacher") from None
-    server = TeacherServer(teacher, port=0).start()
+    server = OpenAIServer(teacher, port=0).start()
     try:
         yield server
     finally:

@@ -35,17 +35,17 @@ def main(
     seed: int = typer.Option(0, help="Seed of the fault injection."),
 ) -> None:
     """Serve the replay teacher until interrupted."""
+    from spacy_uniner.openai_server import OpenAIServer
     from spacy_uniner.teacher.replay import ReplayTeacher
-    from spacy_uniner.teacher.server import TeacherServer
 
     statuses = [int(s) for s in fail_status.split(",") if s.strip()]
     bad = [s for s in statuses if s not in (429, 500, 503)]
     if bad:
         raise typer.BadParameter(f"--fail-status accepts 429, 500, 503; got {bad}")
     teacher = ReplayTeacher.from_shared_data(data_dir)
-    server = TeacherServer(
+    server = OpenAIServer(
         teacher,
-        port,
+        port=port,
         fail_rate=fail_rate,
         fail_status=statuses,
         delay_ms=delay_ms,

@@ -10,10 +10,9 @@ does not still sees warnings on stderr (Python's last-resort handler).
 from . import registry  # noqa: F401  (creates registry.uniner_models)
 from .component import UniversalNER, make_universal_ner
 from .default_student import DEFAULT_MODEL, default_student_path, ensure_default_student
+from .evaluation.scoring import make_uniner_scorer
 from .models.base import Generation, Student
 from .models.hf import HFStudent, make_hf_student_v1
-from .scoring import make_uniner_scorer
-from .testing import ScriptedStudent, make_scripted_student_v1
 
 __version__ = "0.1.0"
 
@@ -21,13 +20,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "Generation",
     "HFStudent",
-    "ScriptedStudent",
     "Student",
     "UniversalNER",
     "default_student_path",
     "ensure_default_student",
     "make_hf_student_v1",
-    "make_scripted_student_v1",
     "make_uniner_scorer",
     "make_universal_ner",
 ]

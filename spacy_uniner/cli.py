@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
+from .pipeline import build_pipeline
+
 app = typer.Typer(
     help="Open-type named entity recognition with spaCy and a UniNER-style student.",
     no_args_is_help=True,
@@ -78,45 +80,6 @@ def _parse_labels(labels: str) -> List[str]:
     if not parsed:
         raise typer.BadParameter("give at least one label, e.g. --labels 'person,organization'")
     return parsed
-
-
-def build_pipeline(
-    labels: List[str],
-    model: str = "default",
-    lang: str = "en",
-    threads: Optional[int] = None,
-    max_new_tokens: int = 96,
-    store_replies: bool = False,
-    adapter: Optional[str] = None,
-    device: str = "cpu",
-    batch_size: int = 16,
-) -> Any:
-    """A blank ``lang`` pipeline with ``universal_ner`` over an HFStudent (weights load lazily)."""
-    import spacy
-
-    for name, value in (("threads", threads), ("batch_size", batch_size),
-                        ("max_new_tokens", max_new_tokens)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value!r}")
-
-    nlp = spacy.blank(lang)
-    nlp.add_pipe(
-        "universal_ner",
-        config={
-            "labels": labels,
-            "model": {
-                "@uniner_models": "spacy_uniner.HFStudent.v1",
-                "name": model,
-                "threads": threads,
-                "max_new_tokens": max_new_tokens,
-                "adapter": adapter,
-                "device": device,
-                "batch_size": batch_size,
-            },
-            "store_replies": store_replies,
-        },
-    )
-    return nlp
 
 
 def doc_record(doc: Any, source: str, spans_key: str = "universal_ner") -> Dict[str, Any]:

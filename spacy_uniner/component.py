@@ -30,10 +30,11 @@ from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example
 
 from . import prompts
-from .alignment import find_mentions, make_windows
+from .alignment import find_mentions
 from .models.base import Generation, Student
 from .models.bundle import read_bundle, weights_owner, write_bundle
 from .parsing import parse_student_reply
+from .passages import make_windows
 
 logger = logging.getLogger("spacy_uniner")
 

@@ -14,12 +14,15 @@ import ast
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+
+from .prompts import SEP2
 
 MAX_REPLY_CHARS = 2_000_000
 MAX_ITEMS = 20_000
 MAX_DEPTH = 8
-STOP_MARKER = "</s>"
+#: Where a student's answer ends: the conversation's turn separator (prompts.SEP2).
+STOP_MARKER = SEP2
 
 
 @dataclass
@@ -174,13 +177,12 @@ def _as_mention(item: Any) -> Optional[str]:
     return None
 
 
-def parse_student_reply(reply: str) -> ParsedReply:
-    """Parse a student answer such as ``["Ada Lovelace", "Charles Babbage"]``.
-
-    Strings are kept (stripped, de-duplicated in order); numbers become their
-    string; one level of nested lists is flattened; anything else is dropped
-    and counted.
-    """
+def _read_list(
+    reply: Any, read_value: Callable[[Any, "ParsedReply"], Iterable[Optional[Any]]]
+) -> ParsedReply:
+    """Find the list in ``reply``; keep what ``read_value`` makes of each value, in order
+    and once each. What it makes None, or what comes over :data:`MAX_ITEMS`, is dropped
+    and counted. A reply without a list is ``ok=False`` with the reason."""
     if not isinstance(reply, str):
         return ParsedReply(ok=False, error=f"reply is {type(reply).__name__}, not str")
     values, repairs, error = _find_list(reply)
@@ -189,18 +191,39 @@ def parse_student_reply(reply: str) -> ParsedReply:
     result = ParsedReply(repairs=repairs)
     seen = set()
     for value in values:
-        group = value if isinstance(value, (list, tuple)) else [value]
-        if group is value:
-            result.repairs.append("nested list")
-        for item in group:
-            mention = _as_mention(item)
-            if mention is None or len(result.items) >= MAX_ITEMS:
+        for kept in read_value(value, result):
+            if kept is None or len(result.items) >= MAX_ITEMS:
                 result.dropped += 1
-            elif mention not in seen:
-                seen.add(mention)
-                result.items.append(mention)
+            elif kept not in seen:
+                seen.add(kept)
+                result.items.append(kept)
     result.repairs = list(dict.fromkeys(result.repairs))
     return result
+
+
+def _mentions(value: Any, result: ParsedReply) -> List[Optional[str]]:
+    if isinstance(value, (list, tuple)):
+        result.repairs.append("nested list")
+        return [_as_mention(item) for item in value]
+    return [_as_mention(value)]
+
+
+def _pair(value: Any, result: ParsedReply) -> List[Optional[Tuple[str, str]]]:
+    if isinstance(value, (list, tuple)) and len(value) >= 2 and all(
+        isinstance(part, str) and part.strip() for part in value[:2]
+    ):
+        return [(value[0].strip(), value[1].strip())]
+    return [None]
+
+
+def parse_student_reply(reply: str) -> ParsedReply:
+    """Parse a student answer such as ``["Ada Lovelace", "Charles Babbage"]``.
+
+    Strings are kept (stripped, de-duplicated in order); numbers become their
+    string; one level of nested lists is flattened; anything else is dropped
+    and counted.
+    """
+    return _read_list(reply, _mentions)
 
 
 def parse_teacher_reply(reply: str) -> ParsedReply:
@@ -210,27 +233,4 @@ def parse_teacher_reply(reply: str) -> ParsedReply:
     are not a pair of strings are dropped and counted. Exact duplicates are
     kept once.
     """
-    if not isinstance(reply, str):
-        return ParsedReply(ok=False, error=f"reply is {type(reply).__name__}, not str")
-    values, repairs, error = _find_list(reply)
-    if values is None:
-        return ParsedReply(ok=False, error=error, repairs=repairs)
-    result = ParsedReply(repairs=repairs)
-    seen = set()
-    for value in values:
-        if (
-            isinstance(value, (list, tuple))
-            and len(value) >= 2
-            and isinstance(value[0], str)
-            and isinstance(value[1], str)
-            and value[0].strip()
-            and value[1].strip()
-            and len(result.items) < MAX_ITEMS
-        ):
-            pair = (value[0].strip(), value[1].strip())
-            if pair not in seen:
-                seen.add(pair)
-                result.items.append(pair)
-        else:
-            result.dropped += 1
-    return result
+    return _read_list(reply, _pair)

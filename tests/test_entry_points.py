@@ -81,9 +81,10 @@ def test_factory_found_without_importing_the_package(tiny_model_dir, tmp_path):
 
 
 def test_openai_student_found_without_importing_the_package():
-    from spacy_uniner.testing import ScriptedStudent, StudentServer
+    from spacy_uniner.openai_server import OpenAIServer
+    from spacy_uniner.testing import ScriptedStudent
 
-    with StudentServer(ScriptedStudent({"person": '["Ada Lovelace"]'})) as server:
+    with OpenAIServer(student=ScriptedStudent({"person": '["Ada Lovelace"]'})) as server:
         model = {"@uniner_models": "spacy_uniner.OpenAIStudent.v1", "model": "uniner-test",
                  "base_url": server.base_url, "tokenizer": "words"}
         result = run_fresh(f"""

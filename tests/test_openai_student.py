@@ -10,7 +10,8 @@ import spacy
 from spacy_uniner import prompts
 from spacy_uniner.models.base import finish_reply
 from spacy_uniner.models.openai_student import OpenAIStudent, StudentServerError
-from spacy_uniner.testing import ScriptedStudent, StudentServer
+from spacy_uniner.openai_server import OpenAIServer
+from spacy_uniner.testing import ScriptedStudent
 
 SECRET = "sk-uniner-student-5c1e9a-DO-NOT-LEAK"
 KEY_ENV = "UNINER_TEST_STUDENT_KEY"
@@ -30,7 +31,7 @@ def student_server():
 
     def start(student=None, **kwargs):
         student = student or ScriptedStudent(REPLIES, scores=SCORES)
-        server = StudentServer(student, **kwargs).start()
+        server = OpenAIServer(student=student, **kwargs).start()
         servers.append(server)
         return server
 

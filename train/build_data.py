@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from spacy_uniner.benchmarks import SENTENCES_PER_PASSAGE
+from spacy_uniner.evaluation.benchmarks import SENTENCES_PER_PASSAGE
 from spacy_uniner.splits import PILE_DEV_FRACTION, PILE_DEV_SEED, split_pile_ner
 from spacy_uniner.training.data import (
     EvalDataError,

@@ -9,48 +9,25 @@ exhausted the passage comes back as a failure (never an exception), to be
 written to the errors file and asked again on the next run.
 
 The API key is read from ``OPENAI_API_KEY`` in the driver and handed to the
-workers wrapped in :class:`Secret`, whose ``repr`` never shows it.
+workers wrapped in :class:`~spacy_uniner.credentials.Secret`, whose ``repr``
+never shows it.
 """
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ..credentials import Secret
 from .prompt import TeacherPrompt
 
 logger = logging.getLogger("spacy_uniner")
 
 CHARS_PER_TOKEN = 4.0
 LOCAL_PLACEHOLDER_KEY = "sk-no-key"  # what the openai client gets when no key is set
-
-
-class Secret:
-    """A string that does not print."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: Optional[str]) -> None:
-        self._value = value
-
-    def get(self) -> Optional[str]:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret(None)"
-
-    __str__ = __repr__
-
-    @classmethod
-    def from_env(cls, name: str = "OPENAI_API_KEY") -> "Secret":
-        return cls(os.environ.get(name) or None)
 
 
 @dataclass(frozen=True)
@@ -107,8 +84,9 @@ def _no_settle(estimated: float, actual: float) -> None:
     return None
 
 
-class OpenAITeacher:
-    """Ask an OpenAI-compatible chat-completions endpoint, one passage per call."""
+class _Teacher:
+    """What the teachers share: the config, the prompt and the shared rate limit
+    (``reserve`` tokens before a request, ``settle`` the estimate with what it used)."""
 
     def __init__(
         self,
@@ -118,12 +96,28 @@ class OpenAITeacher:
         reserve: Reserve = _no_wait,
         settle: Settle = _no_settle,
     ) -> None:
-        import openai
-
         self.config = config
         self.prompt = prompt
         self._reserve = reserve
         self._settle = settle
+        self._connect(api_key)
+
+    def _connect(self, api_key: Secret) -> None:
+        """Set up the backend (a client, a model)."""
+
+    def _wait_for(self, tokens: float) -> None:
+        wait = self._reserve(tokens)
+        if wait > 0:
+            time.sleep(wait)
+
+
+class OpenAITeacher(_Teacher):
+    """Ask an OpenAI-compatible chat-completions endpoint, one passage per call."""
+
+    def _connect(self, api_key: Secret) -> None:
+        import openai
+
+        config = self.config
         self._local = threading.local()
         http_client = openai.DefaultHttpxClient(
             event_hooks={"request": [self._before_attempt]}, timeout=config.timeout
@@ -137,9 +131,7 @@ class OpenAITeacher:
         )
 
     def _before_attempt(self, request) -> None:
-        wait = self._reserve(self._local.estimate)
-        if wait > 0:
-            time.sleep(wait)
+        self._wait_for(self._local.estimate)
         self._local.attempts += 1
 
     def ask(self, passage: str) -> Dict[str, Any]:
@@ -191,7 +183,7 @@ class OpenAITeacher:
         return {"ok": False, "error": error, "attempts": self._local.attempts}
 
 
-class SpacyLLMTeacher:
+class SpacyLLMTeacher(_Teacher):
     """Ask through any spacy-llm model (the ``[model]`` block of a config file).
 
     spacy-llm models take one prompt string (sent as the user message) and do
@@ -199,26 +191,13 @@ class SpacyLLMTeacher:
     token usage is estimated from characters.
     """
 
-    def __init__(
-        self,
-        config: TeacherConfig,
-        prompt: TeacherPrompt,
-        api_key: Secret,
-        reserve: Reserve = _no_wait,
-        settle: Settle = _no_settle,
-    ) -> None:
-        self.model = load_spacy_llm_model(config.llm_config)
-        self.config = config
-        self.prompt = prompt
-        self._reserve = reserve
-        self._settle = settle
+    def _connect(self, api_key: Secret) -> None:
+        self.model = load_spacy_llm_model(self.config.llm_config)
 
     def ask(self, passage: str) -> Dict[str, Any]:
         user = self.prompt.messages(passage)[1]["content"]
         estimate = estimate_tokens(user) + self.config.expected_completion_tokens
-        wait = self._reserve(estimate)
-        if wait > 0:
-            time.sleep(wait)
+        self._wait_for(estimate)
         try:
             reply = list(list(self.model([[user]]))[0])[0]
         except Exception as err:  # spacy-llm raises ValueError/ConnectionError/TimeoutError

@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..passages import Chunker, Passage
 from .cache import ReplyCache, cache_key
 from .client import Secret, TeacherConfig, estimate_request_tokens, worker_actors
 from .corpus import (
     MAX_DOC_CHARS,
     MAX_FILE_BYTES,
-    Chunker,
     CorpusReport,
-    Passage,
     load_student_tokenizer,
     read_documents,
     sample_passages,

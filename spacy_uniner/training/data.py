@@ -15,7 +15,8 @@ Human-labelled BIO sets use the dataset-specific template (``Dataset: {name}``)
 and ask about every type of their label map; a seeded share of their passages
 (``plain_share``) is asked as plain questions instead: no ``Dataset:`` field
 and the natural names without catch-all tags
-(:func:`spacy_uniner.label_maps.plain_label_map`, as the dev suite asks them).
+(:func:`spacy_uniner.evaluation.label_maps.plain_label_map`, as the dev suite
+asks them).
 
 The Pile-NER passages of the dev suite (:func:`spacy_uniner.splits.split_pile_ner`)
 are left out by ``train.build_data`` unless asked for.
@@ -40,8 +41,8 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .. import prompts
-from ..benchmarks import DEV_SUITE, SENTENCES_PER_PASSAGE, group_sentences, load_bio
-from ..label_maps import load_label_map, plain_label_map, tag_names
+from ..evaluation.benchmarks import DEV_SUITE, SENTENCES_PER_PASSAGE, group_sentences, load_bio
+from ..evaluation.label_maps import load_label_map, plain_label_map, tag_names
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -55,8 +56,13 @@ _EVAL_PATTERNS = re.compile(
 
 
 @dataclass
-class Passage:
-    """A passage with its positive types and their mentions (in first-seen order)."""
+class LabelledPassage:
+    """A passage's text with its positive types and their mentions (in first-seen order).
+
+    Training data, not a :class:`spacy_uniner.passages.Passage` (a window cut from
+    a document): the text is a teacher passage (cut by the same windows the
+    component reads), a Pile-NER passage or joined BIO sentences, with its labels.
+    """
 
     id: str
     text: str
@@ -113,15 +119,19 @@ def _clean_type(label: str) -> str:
     return " ".join(str(label).split())
 
 
-def read_pile_ner(path: Union[str, Path]) -> List[Passage]:
+def read_pile_ner(path: Union[str, Path]) -> List[LabelledPassage]:
     """Real ChatGPT answers (Pile-NER subset, one (passage, type) query per line).
 
     Queries are grouped back into passages; types answered ``[]`` become known
     negatives.
     """
     path = Path(path)
-    by_doc: Dict[str, Passage] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    by_doc: Dict[str, LabelledPassage] = {}
+    try:
+        content = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    for n, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -132,7 +142,7 @@ def read_pile_ner(path: Union[str, Path]) -> List[Passage]:
             text = row["input"]
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}:{n}: not a Pile-NER query line ({err})") from None
-        passage = by_doc.setdefault(doc_id, Passage(f"pile-{doc_id}", text, {}, "pile-ner"))
+        passage = by_doc.setdefault(doc_id, LabelledPassage(f"pile-{doc_id}", text, {}, "pile-ner"))
         if passage.text != text:
             raise ValueError(f"{path}:{n}: passage {doc_id} has two different texts")
         mentions = [m for m in mentions if isinstance(m, str) and m.strip()]
@@ -146,7 +156,7 @@ def read_pile_ner(path: Union[str, Path]) -> List[Passage]:
     return list(by_doc.values())
 
 
-def read_teacher_rows(rows: Iterable[Dict]) -> List[Passage]:
+def read_teacher_rows(rows: Iterable[Dict]) -> List[LabelledPassage]:
     """Rows of the annotate step (``id``/``passage_id``, ``text``, ``entities`` as (mention, type))."""
     out = []
     for n, row in enumerate(rows):
@@ -163,11 +173,11 @@ def read_teacher_rows(rows: Iterable[Dict]) -> List[Passage]:
             mentions = positives.setdefault(label, [])
             if mention.strip() and mention not in mentions:
                 mentions.append(mention)
-        out.append(Passage(f"teacher-{pid}", row["text"], positives, "teacher"))
+        out.append(LabelledPassage(f"teacher-{pid}", row["text"], positives, "teacher"))
     return out
 
 
-def read_teacher_output(path: Union[str, Path]) -> List[Passage]:
+def read_teacher_output(path: Union[str, Path]) -> List[LabelledPassage]:
     """``DIR/teacher.parquet`` (or a .jsonl / .parquet file) from ``ray_jobs.annotate``."""
     path = Path(path)
     if path.is_dir():
@@ -196,14 +206,15 @@ def read_bio_passages(
     seed: int = 0,
     allow_eval_data: bool = False,
     plain_share: float = 0.0,
-) -> List[Passage]:
+) -> List[LabelledPassage]:
     """A human-labelled BIO file, consecutive sentences joined into passages
-    (:func:`spacy_uniner.benchmarks.group_sentences`, as the dev suite joins them).
+    (:func:`spacy_uniner.evaluation.benchmarks.group_sentences`, as the dev suite
+    joins them).
 
     limit, seed: a seeded sample of passages (None: all).
     plain_share: the share of the (sampled) passages asked as plain questions
         (seeded, exactly ``round(share * n)``): no ``Dataset:`` field, the types
-        of :func:`~spacy_uniner.label_maps.plain_label_map` (catch-all tags
+        of :func:`~spacy_uniner.evaluation.label_maps.plain_label_map` (catch-all tags
         such as CoNLL-2003 ``misc`` are not asked). The rest keep the
         dataset-specific template and every type of the map.
     """
@@ -219,7 +230,7 @@ def read_bio_passages(
         plain = set(v for v in plain_label_map(mapping).values() if v)
         plain_types = [t for t in bench.labels if t in plain]
         aliases_of = tag_names(mapping)
-    passages: List[Passage] = []
+    passages: List[LabelledPassage] = []
     for k, p in enumerate(bench.passages):
         text = p.text
         positives: Dict[str, List[str]] = {}
@@ -228,7 +239,7 @@ def read_bio_passages(
             if text[s:e] not in mentions:
                 mentions.append(text[s:e])
         aliases = [a for t in positives for a in aliases_of.get(t, []) if a != t]
-        passages.append(Passage(f"{dataset}-{k}", text, positives, dataset, dataset=dataset,
+        passages.append(LabelledPassage(f"{dataset}-{k}", text, positives, dataset, dataset=dataset,
                                 closed_types=list(bench.labels), aliases=aliases))
     if limit is not None and limit < len(passages):
         rng = random.Random(f"{seed}:{dataset}")
@@ -285,12 +296,12 @@ def type_key(label: str) -> str:
     return key
 
 
-def known_types(passage: Passage) -> set:
+def known_types(passage: LabelledPassage) -> set:
     """The :func:`type_key` of every type the passage is known to contain."""
     return {type_key(t) for t in list(passage.positives) + list(passage.aliases)}
 
 
-def type_frequencies(passages: Sequence[Passage]) -> Counter:
+def type_frequencies(passages: Sequence[LabelledPassage]) -> Counter:
     """How many passages each type is positive in (open-type passages only)."""
     freq: Counter = Counter()
     for p in passages:
@@ -325,7 +336,7 @@ def sample_negatives(
 
 
 def build_conversations(
-    passages: Sequence[Passage],
+    passages: Sequence[LabelledPassage],
     *,
     negative_sampling: str = "frequency",
     negatives: Optional[int] = 2,

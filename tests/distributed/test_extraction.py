@@ -14,17 +14,15 @@ from spacy_uniner.extraction import (
     ExtractPredictor,
     InputRow,
     PipelineSpec,
-    _atomic_write_table,
-    _check_manifest,
-    _write_manifest,
     check_input,
+    document_blocks,
     extract,
     find_component,
     halves,
-    read_documents,
     read_input,
     warm_up_texts,
 )
+from spacy_uniner.extraction.store import atomic_write_table, check_manifest, write_manifest
 from spacy_uniner.prompts import parse_query
 
 from .conftest import EXIT_MARKER, FAIL_MARKER, LABELS, document_text, expected_entities
@@ -261,7 +259,7 @@ def test_txt_folder_is_read_in_order_with_bad_files_named(tmp_path):
     (folder / ".hidden.txt").write_text("not a document", encoding="utf-8")
     source = read_input(folder)
     assert (source.kind, source.id_field) == ("txt", None)
-    blocks = list(read_documents(source.rows(), done=["a.txt"]))
+    blocks = list(document_blocks(source.rows(), done=["a.txt"]))
     rows = [row for block in blocks for row in block.to_pylist()]
     assert [row["doc_id"] for row in rows] == ["bad.txt", "sub/b.txt"]  # a.txt is done already
     by_id = {row["doc_id"]: row for row in rows}
@@ -288,16 +286,16 @@ def _rows(count, start=0):
     ],
 )
 def test_blocks_are_exactly_the_batch_size_but_the_last(count, done, limit, expected):
-    blocks = list(read_documents(_rows(count), done=done, limit=limit, block_rows=16))
+    blocks = list(document_blocks(_rows(count), done=done, limit=limit, block_rows=16))
     assert [block.num_rows for block in blocks] == expected
     ids = [row["doc_id"] for block in blocks for row in block.to_pylist()]
     wanted = [f"d{i}" for i in range(count) if f"d{i}" not in done][:limit]
     assert ids == wanted  # in input order, each once
 
 
-def test_read_documents_sends_each_id_once():
+def test_document_blocks_send_each_id_once():
     rows = _rows(3) + _rows(2) + [InputRow("d1", "other text", None, "line 9", True)]
-    blocks = list(read_documents(rows, block_rows=16))
+    blocks = list(document_blocks(rows, block_rows=16))
     assert [r["doc_id"] for b in blocks for r in b.to_pylist()] == ["d0", "d1", "d2"]
     assert blocks[0].to_pylist()[1]["text"] == "text 1"  # the first row of the id
 
@@ -315,7 +313,7 @@ def test_records_get_ids_and_bad_rows_are_named(tmp_path):
     pq.write_table(pa.table({"key": [5, 6, None], "body": ["one", "two", "three"]}),
                    tmp_path / "docs.parquet")
     source = read_input(tmp_path / "docs.parquet", text_field="body", id_field="key")
-    out = [r for b in read_documents(source.rows(), done=["6"]) for r in b.to_pylist()]
+    out = [r for b in document_blocks(source.rows(), done=["6"]) for r in b.to_pylist()]
     assert [(r["doc_id"], r["text"], r["input_error"]) for r in out] == [
         ("5", "one", None),
         (out[1]["doc_id"], "three", "no id in field 'key'"),
@@ -323,7 +321,7 @@ def test_records_get_ids_and_bad_rows_are_named(tmp_path):
     assert out[1]["doc_id"].startswith("<no id>:")
     numbers = tmp_path / "numbers.jsonl"
     numbers.write_text('{"id": "a", "text": 4}\n', encoding="utf-8")
-    assert [r for b in read_documents(read_input(numbers).rows()) for r in b.to_pylist()] == [
+    assert [r for b in document_blocks(read_input(numbers).rows()) for r in b.to_pylist()] == [
         {"doc_id": "a", "text": None, "input_error": "field 'text' holds int, not text"}
     ]
     # without an id field, identical texts are one document
@@ -351,7 +349,7 @@ def test_bad_jsonl_lines_are_documents_of_their_own_naming_file_and_line(tmp_pat
     (folder / "b.jsonl").write_text('{"id": "6", "text": "Alan Turing."}\n', encoding="utf-8")
     source = read_input(folder)
     assert source.id_field == "id"
-    rows = [r for b in read_documents(source.rows()) for r in b.to_pylist()]
+    rows = [r for b in document_blocks(source.rows()) for r in b.to_pylist()]
     got = [(r["doc_id"], r["input_error"]) for r in rows]
     assert got == [
         ("1", None),
@@ -424,19 +422,19 @@ def test_bad_inputs_are_named(tmp_path):
 def test_a_folder_without_results_takes_new_settings(tmp_path):
     (tmp_path / "parts").mkdir()
     first = {"path": "a.jsonl", "documents": 1, "fingerprint": "1:aa"}
-    assert _check_manifest(tmp_path, {"labels": ["a"]}, first) == [first]
-    _write_manifest(tmp_path, {"labels": ["a"]}, [first])
-    assert _check_manifest(tmp_path, {"labels": ["b"]}) == []  # nothing there yet: a new start
+    assert check_manifest(tmp_path, {"labels": ["a"]}, first) == [first]
+    write_manifest(tmp_path, {"labels": ["a"]}, [first])
+    assert check_manifest(tmp_path, {"labels": ["b"]}) == []  # nothing there yet: a new start
     pq.write_table(pa.table({"doc_id": ["1"]}), tmp_path / "parts" / "part-1.parquet")
     with pytest.raises(ValueError, match=r"labels: \['a'\] there, \['c'\] now"):
-        _check_manifest(tmp_path, {"labels": ["c"]})
+        check_manifest(tmp_path, {"labels": ["c"]})
     # with results, another input is refused unless appended
     other = {"path": "b.jsonl", "documents": 2, "fingerprint": "2:bb"}
-    assert _check_manifest(tmp_path, {"labels": ["a"]}, first) == [first]
+    assert check_manifest(tmp_path, {"labels": ["a"]}, first) == [first]
     with pytest.raises(ValueError, match=r"holds results for another input: a.jsonl \(1 documents"
                                          r", fingerprint 1:aa\); b.jsonl has 2 documents"):
-        _check_manifest(tmp_path, {"labels": ["a"]}, other)
-    assert _check_manifest(tmp_path, {"labels": ["a"]}, other, append=True) == [first, other]
+        check_manifest(tmp_path, {"labels": ["a"]}, other)
+    assert check_manifest(tmp_path, {"labels": ["a"]}, other, append=True) == [first, other]
 
 
 def _corpus(path, records):
@@ -478,9 +476,9 @@ def test_refusals_write_nothing(scripted_pipeline_dir, tmp_path):
     manifest = options(first, out)
     manifest.validate()
     fingerprint = check_input(read_input(first)).fingerprint
-    _write_manifest(out, manifest.manifest(),
+    write_manifest(out, manifest.manifest(),
                     [{"path": str(first), "documents": 4, "fingerprint": fingerprint}])
-    _atomic_write_table(pa.table({"doc_id": ["0"]}), out / "parts" / "part-1.parquet")
+    atomic_write_table(pa.table({"doc_id": ["0"]}), out / "parts" / "part-1.parquet")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     second = _corpus(tmp_path / "second.jsonl",
                      [{"id": i, "text": f"Another text {i}."} for i in range(4)])

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spacy_uniner import prompts
-from spacy_uniner.calibration import MarginReplay
+from spacy_uniner.evaluation.calibration import MarginReplay
 from spacy_uniner.models.hf import HFStudent
 
 TEXTS = ["Ada Lovelace met Charles Babbage in London in 1833.", "Short.", "Paris is big."]

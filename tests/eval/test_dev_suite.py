@@ -9,7 +9,7 @@ import spacy
 from typer.testing import CliRunner
 
 from eval.benchmark import app
-from spacy_uniner.benchmarks import (
+from spacy_uniner.evaluation.benchmarks import (
     DEV_LIMIT,
     DEV_SUITE,
     SENTENCES_PER_PASSAGE,
@@ -18,9 +18,9 @@ from spacy_uniner.benchmarks import (
     group_sentences,
     load_bio,
     load_pile_ner_dev,
-    markdown_table,
 )
-from spacy_uniner.label_maps import plain_label_map
+from spacy_uniner.evaluation.label_maps import plain_label_map
+from spacy_uniner.evaluation.runner import markdown_table
 from spacy_uniner.splits import PILE_DEV_FRACTION, split_pile_ner
 from spacy_uniner.training.data import _EVAL_PATTERNS, read_bio_passages, read_pile_ner
 

@@ -7,7 +7,7 @@ import pytest
 import spacy
 
 from spacy_uniner.alignment import find_mentions
-from spacy_uniner.benchmarks import (
+from spacy_uniner.evaluation.benchmarks import (
     bio_entities,
     detect_column_order,
     load_benchmark,
@@ -15,7 +15,12 @@ from spacy_uniner.benchmarks import (
     load_uniner_json,
     zero_shot_suite,
 )
-from spacy_uniner.label_maps import builtin_label_maps, load_label_map, readable_tag
+from spacy_uniner.evaluation.label_maps import (
+    builtin_label_maps,
+    load_label_map,
+    plain_label_map,
+    readable_tag,
+)
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +163,9 @@ def test_iob2_scheme_flags_iob1_input(tmp_path, caplog):
     path = tmp_path / "iob1.txt"
     path.write_text("Ada\tI-PER\nLovelace\tI-PER\nwrote\tO\n\nBabbage\tB-PER\n")
     with caplog.at_level(logging.WARNING, logger="spacy_uniner"):
-        bench = load_bio(path, scheme="iob2")
+        bench = load_bio(path, scheme="iob2", label_map="conll2003")
     assert bench.stats["invalid_iob2"] == 1
-    assert bench.passages[0].spans == [(0, 12, "PER")]
+    assert bench.passages[0].spans == [(0, 12, "person")]
     assert "not IOB2" in caplog.text
 
 
@@ -194,6 +199,83 @@ def test_builtin_maps_name_the_issue_examples():
     assert maps["crossner_ai"]["programlang"] == "programming language"
     assert maps["mit_movie"]["RATINGS_AVERAGE"] == "average ratings"
     assert maps["crossner_ai"]["misc"] is None
+
+
+CONLL_STANDARD = (
+    "EU\tB-ORG\nrejects\tO\nGerman\tB-MISC\ncall\tO\n\n"
+    "Peter\tB-PER\nBlackburn\tI-PER\nin\tO\nLondon\tB-LOC\n"
+)
+
+
+def test_standard_conll_tags_map_through_conll2003(tmp_path):
+    path = tmp_path / "conll.txt"
+    path.write_text(CONLL_STANDARD)
+    bench = load_bio(path, label_map="conll2003")
+    assert bench.labels == ["person", "location", "organization", "miscellaneous entity"]
+    assert [p.spans for p in bench.passages] == [
+        [(0, 2, "organization"), (11, 17, "miscellaneous entity")],
+        [(0, 15, "person"), (19, 25, "location")],
+    ]
+    # plain questions leave the catch-all out, whichever name it goes by
+    assert load_bio(path, label_map=plain_label_map("conll2003")).labels == [
+        "person", "location", "organization"]
+    crossner_style = load_label_map("conll2003")
+    assert crossner_style["organisation"] == crossner_style["ORG"] == "organization"
+
+
+def test_capital_tags_without_a_map_are_refused_naming_the_file_and_a_map(tmp_path):
+    path = tmp_path / "conll.txt"
+    path.write_text(CONLL_STANDARD)
+    with pytest.raises(ValueError) as err:
+        load_bio(path)
+    message = str(err.value)
+    assert str(path) in message and "LOC, MISC, ORG, PER" in message
+    assert "--label-map conll2003" in message and "What describes ORG" in message
+    movie = tmp_path / "movie.txt"
+    movie.write_text("B-ACTOR\tTom\nI-ACTOR\tHanks\nO\tfilms\n")
+    with pytest.raises(ValueError, match=r"movie\.txt: .*--label-map mit_movie"):
+        load_bio(movie)
+    odd = tmp_path / "odd.txt"
+    odd.write_text("Ada\tB-HUMAN\n")
+    with pytest.raises(ValueError, match=r"odd\.txt: .*--label-map with a JSON file"):
+        load_bio(odd)
+    assert load_bio(odd, label_map={"HUMAN": "HUMAN"}).labels == ["HUMAN"]  # kept on purpose
+    assert load_bio(tmp_path / "conll.txt", label_map="conll2003").labels  # a map: fine
+
+
+def test_malformed_benchmark_files_name_the_file_and_the_position(tmp_path):
+    item = {"id": "a", "conversations": [
+        {"from": "human", "value": "Text: Ada Lovelace wrote."},
+        {"from": "gpt", "value": "I've read this text."},
+        {"from": "human", "value": "What describes person in the text?"},
+        {"from": "gpt", "value": '["Ada Lovelace"]'}]}
+    truncated = tmp_path / "cut.json"
+    truncated.write_text(json.dumps([item, item], indent=1)[:-40])
+    with pytest.raises(ValueError, match=r"cut\.json: not valid JSON \(.* at line \d+, column \d+"):
+        load_uniner_json(truncated)
+    not_utf8 = tmp_path / "latin1.json"
+    not_utf8.write_bytes(json.dumps([item]).replace("Ada", "Ad\u00e9").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.json: not UTF-8 text \(.* at byte \d+"):
+        load_uniner_json(not_utf8)
+    wrong_item = tmp_path / "items.json"
+    wrong_item.write_text(json.dumps([item, "not a conversation"]))
+    with pytest.raises(ValueError, match=r"items\.json\[1\]: expected 'conversations'"):
+        load_uniner_json(wrong_item)
+    an_object = tmp_path / "object.json"
+    an_object.write_text(json.dumps(item))
+    with pytest.raises(ValueError, match=r"object\.json: expected a JSON list .* got a JSON dict"):
+        load_uniner_json(an_object)
+    bio = tmp_path / "bad.txt"
+    bio.write_bytes(b"Ada\tB-person\nwrote\tO\n\nCaf\xe9\tO\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:4: not UTF-8 text"):
+        load_bio(bio)
+    bio.write_text("Ada\tB-person\nwrote\tO\n\nParis\tB-city\nis\tX-y\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:4 \(sentence 1\): Not a BIO tag at token 1"):
+        load_bio(bio, column_order="token-tag")
+    bad_map = tmp_path / "map.json"
+    bad_map.write_text('{"PER": "person",')
+    with pytest.raises(ValueError, match=r"map\.json: not valid JSON \(.* at line 1, column"):
+        load_label_map(bad_map)
 
 
 # --- the zero-shot suite -------------------------------------------------------------

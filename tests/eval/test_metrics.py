@@ -7,7 +7,7 @@ against a local, uncommitted transcription of that script).
 
 import pytest
 
-from spacy_uniner.metrics import (
+from spacy_uniner.evaluation.metrics import (
     PRF,
     normalize_answer,
     partial_match_counts,

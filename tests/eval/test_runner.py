@@ -9,13 +9,13 @@ from spacy.training import Example
 from typer.testing import CliRunner
 
 from eval.benchmark import app
-from spacy_uniner.benchmarks import (
+from spacy_uniner.evaluation.benchmarks import (
     PAPER_PARTIAL,
     PAPER_ZERO_SHOT,
     ZERO_SHOT,
     load_uniner_json,
-    markdown_table,
 )
+from spacy_uniner.evaluation.runner import markdown_table
 
 runner = CliRunner()
 
@@ -171,6 +171,23 @@ def test_cache_of_another_model_is_refused(ai_slice, tmp_path):
 def test_bad_option_combinations(ai_slice):
     assert _run("--suite", "zero-shot", "--data", ai_slice).exit_code != 0
     assert _run("--data", ai_slice, "--label-map", "mit_movie").exit_code != 0
+
+
+def test_bad_benchmark_files_exit_2_naming_the_file(tmp_path):
+    def message(result):  # the error box's text, unwrapped
+        assert result.exit_code == 2, result.output
+        return " ".join(result.output.replace("│", " ").split())
+
+    conll = tmp_path / "conll.txt"
+    conll.write_text("Peter\tB-PER\nin\tO\nLondon\tB-LOC\n")
+    text = message(_run("--data", conll, "--format", "bio", "--output", tmp_path / "out"))
+    assert "conll.txt: the tags LOC, PER are dataset codes" in text
+    assert "--label-map conll2003" in text
+    cut = tmp_path / "cut.json"
+    cut.write_text('[{"id": "a", "conversations": [')
+    text = message(_run("--data", cut, "--output", tmp_path / "out"))
+    assert "cut.json: not valid JSON" in text and "at line 1, column 32" in text
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_paper_rows_are_consistent_with_their_averages():

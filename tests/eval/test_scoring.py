@@ -8,7 +8,7 @@ from spacy.training import Example
 from spacy.util import registry
 
 import spacy_uniner  # noqa: F401
-from spacy_uniner.benchmarks import load_uniner_json
+from spacy_uniner.evaluation.benchmarks import load_uniner_json
 
 LABELS = ["person", "location", "organization"]
 TEXT = "Ada Lovelace met Charles Babbage in London ."

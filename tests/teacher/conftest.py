@@ -22,12 +22,12 @@ def pile_corpus(shared_data) -> Path:
 @pytest.fixture
 def teacher_server(replay_teacher):
     """Factory: ``teacher_server(fail_rate=0.2, ...)`` starts a replay server on 127.0.0.1."""
-    from spacy_uniner.teacher.server import TeacherServer
+    from spacy_uniner.openai_server import OpenAIServer
 
     servers = []
 
     def start(**kwargs):
-        server = TeacherServer(replay_teacher, port=0, **kwargs).start()
+        server = OpenAIServer(replay_teacher, port=0, **kwargs).start()
         servers.append(server)
         return server
 

@@ -49,14 +49,14 @@ def read_rows(out):
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory, ray_cluster, replay_teacher, smollm2_tokenizer_dir, shared_data):
     """40 passages against a teacher that fails 20% of requests with 429 or 500."""
-    from spacy_uniner.teacher.server import TeacherServer
+    from spacy_uniner.openai_server import OpenAIServer
 
     corpus = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     with corpus.open("w") as handle:
         for text in replay_teacher.passages()[:40]:
             handle.write(json.dumps({"text": text}) + "\n")
     out = tmp_path_factory.mktemp("faulty")
-    server = TeacherServer(replay_teacher, fail_rate=0.2, fail_status=(429, 500), seed=1).start()
+    server = OpenAIServer(replay_teacher, fail_rate=0.2, fail_status=(429, 500), seed=1).start()
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(handler.format(record))
@@ -128,7 +128,7 @@ def test_rerun_makes_zero_calls(faulty_run, smollm2_tokenizer_dir):
 
 def test_prompt_change_asks_again(faulty_run, smollm2_tokenizer_dir):
     server = faulty_run["server"]
-    server.fail_rate = 0.0
+    server.faults.fail_rate = 0.0
     server.reset()
     custom = TeacherPrompt.for_variant(
         "type", user_template="Extract every named entity with its type.\n\nPassage: {passage}"
@@ -244,7 +244,7 @@ def test_failed_passages_go_to_errors_and_are_retried(
     assert stats["failed_passages"] == len(errors) == 5 and stats["passages"] == 0
     assert all("503" in e["error"] and e["attempts"] == 2 and e["text"] for e in errors)
     assert server.stats()["requests"] == 10  # bounded: 2 attempts each
-    server.fail_rate = 0.0
+    server.faults.fail_rate = 0.0
     stats = annotate(opts, config, TeacherPrompt.for_variant("type"), Secret(None))
     assert stats["passages"] == 5 and stats["failed_passages"] == 0
     assert (out / "errors.jsonl").read_text() == ""
@@ -268,7 +268,7 @@ def test_bad_corpus_does_not_crash_the_run(tmp_path, smollm2_tokenizer_dir, teac
     for name in (
         "empty.txt: empty file",
         "blob.txt: binary content",
-        "latin1.txt: not valid UTF-8",
+        "latin1.txt: not UTF-8 text",
     ):
         assert name in messages
     assert pq.read_table(tmp_path / "out" / "teacher.parquet").num_rows == 0

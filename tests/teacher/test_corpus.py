@@ -3,14 +3,13 @@ import logging
 
 import pytest
 
+from spacy_uniner.passages import Chunker
 from spacy_uniner.teacher.corpus import (
-    Chunker,
     CorpusReport,
     Document,
     load_student_tokenizer,
     read_documents,
     sample_passages,
-    sentences,
 )
 
 
@@ -50,10 +49,10 @@ def test_bad_inputs_are_named_and_skipped(tmp_path, caplog):
     text = "\n".join(report.messages)
     assert f"{empty}: empty file" in text
     assert f"{binary}: binary content" in text
-    assert f"{latin1}: not valid UTF-8" in text
-    assert f"{bad_lines}:2: not JSON" in text
-    assert f"{bad_lines}:3: no string field 'text'" in text
-    assert f"{bad_lines}:4: not valid UTF-8" in text
+    assert f"{latin1}: not UTF-8 text" in text
+    assert f"{bad_lines} line 2: not valid JSON" in text
+    assert f"{bad_lines} line 3: no text in field 'text'" in text
+    assert f"{bad_lines} line 4: not UTF-8 text" in text
     assert "missing.txt: no such file" in text
     assert {str(empty), str(binary), str(latin1)} <= set(report.skipped_files)
     assert "empty file" in caplog.text  # also logged
@@ -88,22 +87,26 @@ def test_folder_parquet_and_datasets(tmp_path):
     texts = sorted(d.text for d in documents)
     # a.txt is a text file: its whole content is the document, whatever --text-field says.
     assert texts == ["First text.", "Fourth text.", "Second text.", "Third text."]
-    assert any("row 1 field 'body' is not a string" in m for m in report.messages)
+    assert any("c.parquet row 2: no text in field 'body'" in m for m in report.messages)
     assert report.files == 4
 
 
-def test_sentences():
-    text = 'Dr. Smith arrived. He said "hi!" Then left.\n\nNew paragraph'
-    spans = [text[s:e] for s, e in sentences(text)]
-    assert spans[-1] == "New paragraph" and 'He said "hi!"' in spans
+def test_a_text_file_is_read_in_blocks_of_paragraphs(tmp_path):
+    paragraphs = [f"Paragraph {i} about Ada Lovelace." for i in range(40)]
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n".join(paragraphs), encoding="utf-8")
+    documents, report = read([path], max_doc_chars=400)
+    assert len(documents) > 3 and all(len(d.text) <= 400 for d in documents)
+    assert [d.id for d in documents[:2]] == ["book.txt#0", "book.txt#1"]
+    assert "\n\n".join(d.text for d in documents).split("\n\n") == paragraphs
 
 
 def test_chunker_respects_limit_and_sentence_boundaries(tokenizer):
     chunker = Chunker(tokenizer, max_tokens=32)
     sentence_list = [f"Sentence number {i} talks about Ada Lovelace in London." for i in range(20)]
-    assert len(chunker.chunk(Document("d", " ".join(sentence_list)))) > 1
+    assert len(chunker.chunk("d", " ".join(sentence_list))) > 1
     text = "\n".join(sentence_list)
-    passages = chunker.chunk(Document("d", text))
+    passages = chunker.chunk("d", text)
     for passage in passages:
         assert passage.n_tokens <= 32 and len(tokenizer(passage.text)["input_ids"]) <= 32
         assert passage.text.endswith(".")  # cut between sentences
@@ -115,8 +118,8 @@ def test_chunker_cuts_an_overlong_sentence(tokenizer):
     chunker = Chunker(tokenizer, max_tokens=16)
     report = CorpusReport()
     text = " ".join(f"w{i}" for i in range(100))
-    passages = chunker.chunk(Document("d", text), report)
-    assert report.split_sentences == 1
+    passages = sample_passages([Document("d", text)], chunker, None, 0, report)
+    assert report.split_sentences == len(passages) - 1 > 0  # every cut is inside the sentence
     assert all(p.n_tokens <= 16 for p in passages) and all(p.text in text for p in passages)
     assert " ".join(p.text for p in passages).split() == text.split()  # nothing lost
 

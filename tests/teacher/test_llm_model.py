@@ -70,7 +70,7 @@ def test_spacy_llm_backend_asks_the_teacher(teacher_server, replay_teacher, tmp_
         passage
     )
     assert result["usage"]["estimated"] == 1
-    server.fail_rate, server.fail_status = 1.0, (500,)  # spacy-llm does not retry 500: a failure
+    server.faults.fail_rate, server.faults.fail_status = 1.0, (500,)  # spacy-llm does not retry 500: a failure
     failed = teacher.ask(passage)
     assert not failed["ok"] and "500" in failed["error"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from spacy_uniner.training.data import (
     EvalDataError,
-    Passage,
+    LabelledPassage,
     build_conversations,
     check_not_eval_data,
     known_types,
@@ -124,7 +124,7 @@ def test_teacher_rows():
                           ["Ada", "person"]]}]
     (p,) = read_teacher_rows(rows)
     assert p.positives == {"person": ["Ada", "Babbage"], "city": ["London"]}
-    assert isinstance(p, Passage)
+    assert isinstance(p, LabelledPassage)
 
 
 # --- the dev split, BIO sets in full, plain questions, known negatives ------------------
@@ -147,7 +147,7 @@ def _build(tmp_path, *args):
 def test_build_data_leaves_out_the_pile_dev_split_by_default(shared_data, tmp_path):
     from datasets import load_from_disk
 
-    from spacy_uniner.benchmarks import load_pile_ner_dev
+    from spacy_uniner.evaluation.benchmarks import load_pile_ner_dev
 
     pile_path = shared_data / "pile-ner" / "pile_ner_type_subset.jsonl"
     dev = load_pile_ner_dev(pile_path)
@@ -176,7 +176,7 @@ def test_bio_sets_are_read_in_full(shared_data):
 
 
 def test_plain_share_asks_natural_names_without_dataset_field(shared_data):
-    from spacy_uniner.benchmarks import dev_suite
+    from spacy_uniner.evaluation.benchmarks import dev_suite
 
     passages = read_bio_passages(shared_data / CONLL_TRAIN, "CoNLL-2003", "conll2003",
                                  plain_share=0.5, seed=3)
@@ -209,7 +209,8 @@ def test_type_key_and_known_types():
     assert type_key("Organizations") == type_key("organization") == "organization"
     assert type_key("chemical_compound") == type_key("Chemical compound")
     assert type_key("class") == "class" and type_key("gas") == "gas"
-    p = Passage("x", "t", {"organization": ["ACME"]}, "CoNLL-2003", aliases=["organisation"])
+    p = LabelledPassage("x", "t", {"organization": ["ACME"]}, "CoNLL-2003",
+                        aliases=["organisation"])
     assert known_types(p) == {"organization", "organisation"}
 
 
@@ -218,9 +219,10 @@ def test_drop_known_negatives_on_bio_and_open_passages(shared_data):
                             plain_share=0.25)
     # open-type passages whose types name CoNLL's under other spellings, and others
     pool = ["Organisation", "Person", "persons", "misc", "LOCATION", "date", "city", "chemical"]
-    open_ = [Passage(f"o{i}", f"passage {i}", {t: [f"m{i}"]}, "teacher")
+    open_ = [LabelledPassage(f"o{i}", f"passage {i}", {t: [f"m{i}"]}, "teacher")
              for i, t in enumerate(pool)]
-    open_.append(Passage("p", "Ada met Babbage.", {"person": ["Ada", "Babbage"]}, "teacher"))
+    open_.append(LabelledPassage("p", "Ada met Babbage.", {"person": ["Ada", "Babbage"]},
+                                 "teacher"))
     passages = bio + open_
     kwargs = dict(negatives=len(pool), bio_negatives=len(pool), seed=0)
     kept_convs, dropped = build_conversations(passages, drop_known_negatives=True, **kwargs)

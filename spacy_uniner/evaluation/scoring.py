@@ -6,7 +6,7 @@
   spaCy's :meth:`Scorer.score_spans`, overlaps allowed) — the same keys as v1;
 * partial match (``spans_{key}_partial_p/r/f/per_type``): a same-type
   prediction that overlaps a gold span counts 0.5 TP, one-to-one
-  (:mod:`spacy_uniner.metrics`);
+  (:mod:`.metrics`);
 * UniNER's string metric (``spans_{key}_uniner_p/r/f``), micro over (doc,
   type) queries. Predicted strings come from the raw replies the component
   stored (``store_replies = true``: ``doc.user_data[replies_key]``), read
@@ -14,7 +14,7 @@
   texts of the predicted spans are used instead, which ignores mentions the
   model gave that are not in the text. Gold strings come from
   ``reference.user_data["uniner_gold"][type]`` (the raw gold answer, set by
-  :mod:`spacy_uniner.benchmarks`) or else from the texts of the gold spans.
+  :mod:`.benchmarks`) or else from the texts of the gold spans.
   ``spans_{key}_uniner_from_replies`` says what share of documents had replies.
 
 Each P/R/F is None when there was nothing to score (no gold and no predicted

@@ -25,7 +25,7 @@ a list and counts what it cannot read.
 import json
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Dict, Hashable, Iterable, List, Sequence, Tuple
 
 Span = Tuple[int, int, Hashable]  # start, end (exclusive), label
@@ -35,19 +35,22 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _FIRST_LIST = re.compile(r"\[(.*?)\]")
 
 
+class _Counts:
+    """Dataclass counts that add up field by field: ``total += counts``."""
+
+    def __iadd__(self, other):
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
 @dataclass
-class PRF:
+class PRF(_Counts):
     """Micro counts and their precision, recall and F1 (0.0 where undefined)."""
 
     tp: float = 0.0
     n_pred: int = 0
     n_gold: int = 0
-
-    def __iadd__(self, other: "PRF") -> "PRF":
-        self.tp += other.tp
-        self.n_pred += other.n_pred
-        self.n_gold += other.n_gold
-        return self
 
     @property
     def p(self) -> float:
@@ -92,18 +95,11 @@ def _max_matching(left: List[Span], right: List[Span]) -> int:
 
 
 @dataclass
-class PartialCounts:
+class PartialCounts(_Counts):
     exact: int = 0
     partial: int = 0
     n_pred: int = 0
     n_gold: int = 0
-
-    def __iadd__(self, other: "PartialCounts") -> "PartialCounts":
-        self.exact += other.exact
-        self.partial += other.partial
-        self.n_pred += other.n_pred
-        self.n_gold += other.n_gold
-        return self
 
     def prf(self) -> PRF:
         return PRF(self.exact + 0.5 * self.partial, self.n_pred, self.n_gold)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from .models.base import Generation
+from ..models.base import Generation
 
 EMPTY = Generation("[]")
 DEFAULT_BIASES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
@@ -60,7 +60,7 @@ def sweep_empty_bias(
         "per_set": {name: {...}}}], "best": the row with the highest average
         strict F1 (the smallest bias among ties), "passages", "queries"}.
     """
-    from .benchmarks import run_benchmark
+    from .runner import run_benchmark
 
     if not biases:
         raise ValueError("no biases to sweep")

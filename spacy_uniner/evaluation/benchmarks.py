@@ -1,4 +1,4 @@
-"""Benchmark files → passages with gold spans → spaCy Examples, and a cached runner.
+"""Benchmark files → passages with gold spans → spaCy Examples.
 
 Loaders
   * :func:`load_uniner_json`: UniversalNER's evaluation files (one
@@ -11,7 +11,7 @@ Loaders
   * :func:`load_bio`: token-level BIO files, ``token<TAB>tag`` or
     ``tag<TAB>token`` (detected or given), IOB1 or IOB2 (also BIOES/BILOU),
     raw tags mapped to natural-language types by a label map
-    (:mod:`spacy_uniner.label_maps`). The text is the tokens joined by single
+    (:mod:`.label_maps`). The text is the tokens joined by single
     spaces, like UniversalNER's pre-tokenised passages, and reference Docs
     keep exactly the given tokens.
   * :func:`zero_shot_suite`: the paper's zero-shot datasets (CrossNER AI,
@@ -23,15 +23,9 @@ Loaders
     :data:`SENTENCES_PER_PASSAGE` sentences per passage
     (:func:`group_sentences`, the grouping training uses).
 
-Runner
-  :func:`run_benchmark` asks a pipeline with the ``universal_ner`` component
-  about every passage (optionally a seeded sample), caches each passage's
-  replies as one JSON line so that an interrupted run continues where it
-  stopped, then scores strict / partial / UniNER-string F1 with
-  :func:`spacy_uniner.scoring.score_all`.
+Running a pipeline over a benchmark is :mod:`.runner`.
 """
 
-import hashlib
 import json
 import logging
 import random
@@ -39,17 +33,21 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from spacy.language import Language
 from spacy.tokens import Doc, SpanGroup
-from spacy.training import Example
 
-from .alignment import find_mentions
-from .label_maps import LabelMap, load_label_map, map_tag
-from .metrics import PRF, reference_prf, uniner_string_counts
-from .prompts import question_label
-from .scoring import GOLD_KEY, score_all
+from ..alignment import find_mentions
+from ..prompts import question_label
+from .label_maps import (
+    LabelMap,
+    load_label_map,
+    map_tag,
+    plain_label_map,
+    read_json_file,
+    suggest_label_maps,
+)
+from .scoring import GOLD_KEY
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -61,8 +59,14 @@ _TAG = re.compile(r"^(O|[BIESLU][-_].+)$")
 
 
 @dataclass
-class Passage:
-    """One passage: its tokens, its gold spans, and the raw gold answer per type."""
+class GoldPassage:
+    """One benchmark passage: its tokens, its gold spans, and the raw gold answer per type.
+
+    Not a :class:`spacy_uniner.passages.Passage` (a window cut from a document for
+    the model to read): a benchmark passage is given, already tokenised, with its
+    answers; its ``text`` is its tokens joined, and the component cuts that text
+    into windows like any other.
+    """
 
     id: str
     words: List[str]
@@ -84,11 +88,11 @@ class Benchmark:
 
     name: str
     labels: List[str]
-    passages: List[Passage]
+    passages: List[GoldPassage]
     source: str = ""
     stats: Counter = field(default_factory=Counter)
 
-    def labels_of(self, passage: Passage) -> List[str]:
+    def labels_of(self, passage: GoldPassage) -> List[str]:
         """The types asked of ``passage``: its own, else the benchmark's."""
         return self.labels if passage.labels is None else passage.labels
 
@@ -103,7 +107,9 @@ class Benchmark:
             self.name, list(self.labels), [self.passages[i] for i in keep], self.source, stats
         )
 
-    def reference_doc(self, passage: Passage, vocab: Any, spans_key: str = "universal_ner") -> Doc:
+    def reference_doc(
+        self, passage: GoldPassage, vocab: Any, spans_key: str = "universal_ner"
+    ) -> Doc:
         """The gold Doc: the given tokens, gold spans in ``doc.spans[spans_key]``,
         and the raw gold answers in ``doc.user_data["uniner_gold"]``."""
         doc = Doc(vocab, words=passage.words, spaces=passage.spaces)
@@ -118,7 +124,7 @@ class Benchmark:
         doc.user_data[GOLD_KEY] = dict(passage.answers)
         return doc
 
-    def predicted_doc(self, passage: Passage, vocab: Any) -> Doc:
+    def predicted_doc(self, passage: GoldPassage, vocab: Any) -> Doc:
         """An unannotated Doc with the passage's tokens (what the pipeline reads)."""
         return Doc(vocab, words=passage.words, spaces=passage.spaces)
 
@@ -159,10 +165,12 @@ def _words_of(text: str) -> Tuple[List[str], List[bool]]:
 # --- UniNER JSON ---------------------------------------------------------------------
 
 
-def _conversation_parts(item: Dict[str, Any], where: str) -> Tuple[str, str, str]:
-    conv = item.get("conversations")
+def _conversation_parts(item: Any, where: str) -> Tuple[str, str, str]:
+    conv = item.get("conversations") if isinstance(item, dict) else None
     if not isinstance(conv, list) or len(conv) < 4:
-        raise ValueError(f"{where}: expected 'conversations' with 4 turns, got {conv!r:.200}")
+        raise ValueError(f"{where}: expected 'conversations' with 4 turns, got {item!r:.200}")
+    if not all(isinstance(turn, dict) and isinstance(turn.get("value"), str) for turn in conv):
+        raise ValueError(f"{where}: every turn needs a 'value' string, got {conv!r:.200}")
     first = conv[0]["value"]
     if not first.startswith("Text: "):
         raise ValueError(f"{where}: first turn should start with 'Text: ', got {first[:80]!r}")
@@ -187,9 +195,11 @@ def load_uniner_json(
         ``Benchmark.sample(limit, seed)``), aligned only those.
     """
     path = Path(path)
-    data = json.loads(path.read_text(encoding="utf8"))
+    data = read_json_file(path)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of conversations")
+        raise ValueError(
+            f"{path}: expected a JSON list of conversations, got a JSON {type(data).__name__}"
+        )
     bench = Benchmark(name or path.stem, [], [], str(path))
     labels: Dict[str, None] = {}
     current: Optional[Dict[str, Any]] = None
@@ -208,13 +218,13 @@ def load_uniner_json(
         groups = [groups[i] for i in keep]
     for g in groups:
         words, spaces = _words_of(g["text"])
-        _add_answered_passage(bench, Passage(g["first_id"], words, spaces, [], g["answers"]))
+        _add_answered_passage(bench, GoldPassage(g["first_id"], words, spaces, [], g["answers"]))
     bench.stats["passages"] = len(bench.passages)
     bench.stats["queries"] = sum(len(p.answers) for p in bench.passages)
     return bench
 
 
-def _add_answered_passage(bench: Benchmark, passage: Passage) -> None:
+def _add_answered_passage(bench: Benchmark, passage: GoldPassage) -> None:
     """Gold spans from the passage's answers (every occurrence of each mention), then
     append it; mentions not in the text and unparseable answers are counted."""
     text = passage.text
@@ -250,13 +260,13 @@ def load_pile_ner_dev(
     path: the Pile-NER query file (one (passage, type) query per line with
         ChatGPT's answer).
     Each passage is asked only the types it was queried about (1-7, in
-    ``Passage.labels``): the file's answers list every mention of a queried
+    ``GoldPassage.labels``): the file's answers list every mention of a queried
     type but not every entity of the passage, so other types cannot be scored.
     ``Benchmark.labels`` is the union, for reports. limit, seed: as
     ``Benchmark.sample``.
     """
-    from .splits import PILE_DEV_FRACTION, PILE_DEV_SEED, split_pile_ner
-    from .training.data import read_pile_ner
+    from ..splits import PILE_DEV_FRACTION, PILE_DEV_SEED, split_pile_ner
+    from ..training.data import read_pile_ner
 
     path = Path(path)
     split = split_pile_ner(read_pile_ner(path))
@@ -274,7 +284,7 @@ def load_pile_ner_dev(
         labels.update(dict.fromkeys(asked))
         words, spaces = _words_of(p.text)
         answers = {t: json.dumps(p.positives.get(t, []), ensure_ascii=False) for t in asked}
-        _add_answered_passage(bench, Passage(p.id, words, spaces, [], answers, labels=asked))
+        _add_answered_passage(bench, GoldPassage(p.id, words, spaces, [], answers, labels=asked))
     bench.labels = list(labels)
     bench.stats["passages"] = len(bench.passages)
     bench.stats["queries"] = sum(len(p.answers) for p in bench.passages)
@@ -286,12 +296,20 @@ def load_pile_ner_dev(
 COLUMN_ORDERS = ("auto", "token-tag", "tag-token")
 
 
-def _read_rows(path: Path) -> List[List[Tuple[str, str]]]:
+def _read_rows(path: Path) -> Tuple[List[List[Tuple[str, str]]], List[int]]:
+    """The sentences of a BIO file as (column 1, column 2) rows, and the line each starts on."""
     sentences: List[List[Tuple[str, str]]] = []
+    starts: List[int] = []
     current: List[Tuple[str, str]] = []
-    with path.open(encoding="utf8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\n").rstrip("\r")
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start} of the "
+                    f"line)"
+                ) from None
             if not line.strip():
                 if current:
                     sentences.append(current)
@@ -300,10 +318,12 @@ def _read_rows(path: Path) -> List[List[Tuple[str, str]]]:
             cols = line.split("\t") if "\t" in line else line.split()
             if len(cols) < 2:
                 raise ValueError(f"{path}:{lineno}: expected two columns, got {line!r}")
+            if not current:
+                starts.append(lineno)
             current.append((cols[0], cols[-1]))
     if current:
         sentences.append(current)
-    return sentences
+    return sentences, starts
 
 
 def detect_column_order(sentences: Sequence[Sequence[Tuple[str, str]]], limit: int = 5000) -> str:
@@ -372,6 +392,24 @@ def bio_entities(tags: Sequence[str]) -> Tuple[List[Tuple[int, int, str]], int]:
     return entities, i_starts
 
 
+def _refuse_tag_codes(path: Path, tags: List[str]) -> None:
+    """Without a label map the student is asked about the raw tags themselves: refuse
+    a tag set of codes in capitals ("What describes PER in the text?" scores 0)."""
+    if not tags or not all(tag.isupper() for tag in tags):
+        return
+    fits = suggest_label_maps(tags)
+    builtin = (f"--label-map {fits[0]} (label_map={fits[0]!r} in Python)" if fits
+               else "--label-map with a JSON file")
+    named = f"tags {', '.join(sorted(tags))} are" if len(tags) > 1 else f"tag {tags[0]} is"
+    raise ValueError(
+        f"{path}: the {named} dataset codes, not entity types: "
+        f"without a label map the student would be asked \"What describes {tags[0]} in the "
+        f"text?\". Give a label map: {builtin}, or a JSON file mapping each tag to a type, "
+        f"e.g. {{\"{tags[0]}\": \"<the type in words>\"}} (a tag mapped to itself is asked "
+        f"as it is)."
+    )
+
+
 def load_bio(
     path: Union[str, Path],
     *,
@@ -386,7 +424,8 @@ def load_bio(
 
     column_order: "auto" (detect), "token-tag" or "tag-token".
     label_map: raw tag → type (a built-in name, a JSON path or a dict; None
-        keeps raw tags); a tag mapped to null is dropped.
+        keeps raw tags, unless every one is a code in capitals such as ``PER``:
+        that is refused, suggesting a map); a tag mapped to null is dropped.
     name: the dataset name (default: the parent folder and file stem).
     scheme: "auto", "iob1" or "iob2"; with "iob2", entities that begin with
         ``I-`` are counted as ``invalid_iob2`` and logged (they are still kept).
@@ -399,8 +438,11 @@ def load_bio(
     if scheme not in ("auto", "iob1", "iob2"):
         raise ValueError(f"scheme must be 'auto', 'iob1' or 'iob2', got {scheme!r}")
     mapping: Optional[LabelMap] = load_label_map(label_map)
-    rows = _read_rows(path)
-    order = detect_column_order(rows) if column_order == "auto" else column_order
+    rows, starts_at = _read_rows(path)
+    try:
+        order = detect_column_order(rows) if column_order == "auto" else column_order
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     bench = Benchmark(name or f"{path.parent.name}-{path.stem}", [], [], str(path))
     warned: set = set()
     seen_labels: Dict[str, None] = {}
@@ -417,8 +459,8 @@ def load_bio(
             entities, i_starts = bio_entities(tags)
         except ValueError as err:
             raise ValueError(
-                f"{path}, sentence {n}: {err} (column order {order}; give the other order if "
-                f"the columns are swapped)"
+                f"{path}:{starts_at[n]} (sentence {n}): {err} (column order {order}; give the "
+                f"other order if the columns are swapped)"
             ) from None
         bench.stats["i_starts"] += i_starts
         spaces = [True] * len(words)
@@ -427,7 +469,7 @@ def load_bio(
         for w in words:
             starts.append(pos)
             pos += len(w) + 1
-        passage = Passage(f"{bench.name}-{n}", words, spaces, [], {})
+        passage = GoldPassage(f"{bench.name}-{n}", words, spaces, [], {})
         mentions: Dict[str, List[str]] = {}
         for s, e, raw in entities:
             label = map_tag(raw, mapping, warned)
@@ -440,6 +482,8 @@ def load_bio(
         passage.spans.sort()
         mentions_of.append(mentions)
         bench.passages.append(passage)
+    if mapping is None:
+        _refuse_tag_codes(path, list(seen_labels))
     if keep is not None:  # decode every sentence first: the types asked are the file's
         bench.stats["passages_in_file"] = len(rows)
         bench.passages = [bench.passages[i] for i in keep]
@@ -501,7 +545,7 @@ def group_sentences(bench: Benchmark, size: int = SENTENCES_PER_PASSAGE) -> Benc
             words += p.words
             spaces += p.spaces
         answers = {label: json.dumps(m) for label, m in mentions.items()}
-        out.passages.append(Passage(f"{bench.name}-g{k}", words, spaces, spans, answers))
+        out.passages.append(GoldPassage(f"{bench.name}-g{k}", words, spaces, spans, answers))
     out.stats["sentences"] = len(bench.passages)
     out.stats["passages"] = len(out.passages)
     out.stats["queries"] = sum(len(out.labels_of(p)) for p in out.passages)
@@ -575,13 +619,12 @@ def zero_shot_suite(
     columns: only these columns (default: all seven).
     """
     root = Path(shared_data)
-    out = {}
-    for column, (name, fmt, rel) in ZERO_SHOT.items():
-        if columns is not None and column not in columns:
-            continue
-        out[column] = load_benchmark(root / rel, fmt, name=name, limit=limit, seed=seed,
-                                     label_map=ZERO_SHOT_LABEL_MAPS.get(name))
-    return out
+    return {
+        column: load_benchmark(root / rel, fmt, name=name, limit=limit, seed=seed,
+                               label_map=ZERO_SHOT_LABEL_MAPS.get(name))
+        for column, (name, fmt, rel) in ZERO_SHOT.items()
+        if columns is None or column in columns
+    }
 
 
 # --- the dev suite -------------------------------------------------------------------
@@ -589,7 +632,7 @@ def zero_shot_suite(
 #: Where every modelling choice is made (DESIGN.md, "Dev suite vs test suite"): dataset
 #: name → (format, path under the shared data folder, label map). No zero-shot test file
 #: (CrossNER domains, MIT) is here. The BIO sets are asked as plain questions: natural
-#: type names without catch-all tags (:func:`spacy_uniner.label_maps.plain_label_map`;
+#: type names without catch-all tags (:func:`.label_maps.plain_label_map`;
 #: CoNLL-2003 ``misc`` is left out) and no ``Dataset:`` field.
 DEV_SUITE: Dict[str, Tuple[str, str, Optional[str]]] = {
     "pile-ner-dev": ("pile-ner", "pile-ner/pile_ner_type_subset.jsonl", None),
@@ -610,302 +653,12 @@ def dev_suite(
     limit, seed: a seeded sample of passages per dataset (None: every passage).
     columns: only these datasets (default: all three).
     """
-    from .label_maps import plain_label_map
-
-    root = Path(shared_data)
-    out = {}
-    for name, (fmt, rel, label_map) in DEV_SUITE.items():
-        if columns is not None and name not in columns:
-            continue
+    def load(name: str, fmt: str, rel: str, label_map: Optional[str]) -> Benchmark:
+        path = Path(shared_data) / rel
         if fmt == "pile-ner":
-            out[name] = load_pile_ner_dev(root / rel, name, limit=limit, seed=seed)
-            continue
-        bench = load_bio(root / rel, label_map=plain_label_map(label_map), name=name)
-        out[name] = group_sentences(bench).sample(limit, seed)
-    return out
+            return load_pile_ner_dev(path, name, limit=limit, seed=seed)
+        bench = load_bio(path, label_map=plain_label_map(label_map), name=name)
+        return group_sentences(bench).sample(limit, seed)
 
-
-# --- running -------------------------------------------------------------------------
-
-
-def _fingerprint(model_config: Dict[str, Any], bench: Benchmark, component_config: Dict) -> str:
-    # Per-passage labels come with the passage (its id fixes them); their union
-    # depends on the sample, which a cache may grow across runs.
-    per_passage = any(p.labels is not None for p in bench.passages)
-    payload = json.dumps(
-        {"model": model_config, "component": component_config, "dataset": bench.name,
-         "labels": "per passage" if per_passage else bench.labels, "source": bench.source},
-        sort_keys=True, default=str,
-    )
-    return hashlib.sha256(payload.encode("utf8")).hexdigest()[:16]
-
-
-class PredictionCache:
-    """One JSON line per finished passage; a torn last line is ignored and rewritten."""
-
-    def __init__(self, path: Path, fingerprint: str, overwrite: bool = False) -> None:
-        self.path = path
-        self.fingerprint = fingerprint
-        self.records: Dict[str, Dict[str, Any]] = {}
-        self.torn = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if overwrite and path.exists():
-            path.unlink()
-        if path.exists():
-            self._read()
-        else:
-            self._write_all()
-
-    def _read(self) -> None:
-        lines = self.path.read_text(encoding="utf8").splitlines()
-        header = json.loads(lines[0]) if lines else {}
-        if header.get("fingerprint") != self.fingerprint:
-            raise ValueError(
-                f"{self.path} was written for a different model, configuration or dataset "
-                f"(fingerprint {header.get('fingerprint')} != {self.fingerprint}); use another "
-                f"--output folder or --overwrite"
-            )
-        for line in lines[1:]:
-            try:
-                rec = json.loads(line)
-                self.records[rec["passage_id"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                self.torn += 1
-        if self.torn:
-            logger.warning("%s: %d unreadable line(s) ignored; those passages run again",
-                           self.path, self.torn)
-            self._write_all()
-
-    def _write_all(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf8") as fh:
-            fh.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
-            for rec in self.records.values():
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        tmp.replace(self.path)
-
-    def add(self, records: Iterable[Dict[str, Any]]) -> None:
-        with self.path.open("a", encoding="utf8") as fh:
-            for rec in records:
-                self.records[rec["passage_id"]] = rec
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            fh.flush()
-
-
-def _record(passage: Passage, doc: Doc, spans_key: str, pipe_name: str) -> Dict[str, Any]:
-    data = doc.user_data.get(pipe_name) or {}
-    group = doc.spans.get(spans_key, [])
-    scores = list(group.attrs.get("scores", [])) if len(group) else []
-    return {
-        "passage_id": passage.id,
-        "replies": data.get("replies", []),
-        "stats": data.get("stats", {}),
-        "spans": [[s.start_char, s.end_char, s.label_, scores[i] if i < len(scores) else None]
-                  for i, s in enumerate(group)],
-    }
-
-
-def _restore(bench: Benchmark, passage: Passage, rec: Dict[str, Any], vocab: Any,
-             spans_key: str, pipe_name: str) -> Doc:
-    doc = bench.predicted_doc(passage, vocab)
-    spans, scores = [], []
-    for start, end, label, score in rec["spans"]:
-        span = doc.char_span(start, end, label=label, alignment_mode="expand")
-        if span is not None:
-            spans.append(span)
-            scores.append(score)
-    doc.spans[spans_key] = SpanGroup(doc, name=spans_key, spans=spans, attrs={"scores": scores})
-    doc.user_data[pipe_name] = {"replies": rec["replies"], "stats": rec["stats"]}
-    return doc
-
-
-@dataclass
-class DatasetResult:
-    name: str
-    metrics: Dict[str, Any]
-    predictions: List[Dict[str, Any]]
-
-
-def run_benchmark(
-    nlp: Language,
-    bench: Benchmark,
-    cache_path: Path,
-    *,
-    pipe_name: str = "universal_ner",
-    model_config: Optional[Dict[str, Any]] = None,
-    batch_size: int = 4,
-    overwrite: bool = False,
-    progress: Optional[Callable[[int], None]] = None,
-) -> DatasetResult:
-    """Predict (resuming from ``cache_path``) and score one benchmark.
-
-    nlp: a pipeline whose ``pipe_name`` component is ``universal_ner``; its
-        labels are replaced per call by the benchmark's types (or a passage's
-        own, :meth:`Benchmark.labels_of`: passages of a batch that are asked
-        different types go to the pipeline in one call per set of types).
-    cache_path: the JSONL cache of finished passages for this dataset.
-    model_config: what identifies the model, for the cache's fingerprint.
-    batch_size: passages per ``nlp.pipe`` batch (all their queries are sent
-        to the student together); the cache is appended after each batch.
-    progress: called with the number of passages just finished.
-    """
-    pipe = nlp.get_pipe(pipe_name)
-    spans_key = pipe.spans_key
-    if not pipe.store_replies:
-        raise ValueError(f"The '{pipe_name}' component needs store_replies = true for benchmarks")
-    component_cfg = {"spans_key": spans_key, "max_passage_tokens": pipe.max_passage_tokens,
-                     "window_overlap": pipe.window_overlap, "dataset": pipe.dataset,
-                     "label_definitions": pipe.label_definitions, "threshold": pipe.threshold}
-    cache = PredictionCache(cache_path, _fingerprint(model_config or {}, bench, component_cfg),
-                            overwrite=overwrite)
-    todo = [p for p in bench.passages if p.id not in cache.records]
-    from_cache = len(bench.passages) - len(todo)
-    if progress and from_cache:
-        progress(from_cache)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        by_labels: Dict[Tuple[str, ...], List[Passage]] = {}
-        for p in chunk:
-            by_labels.setdefault(tuple(bench.labels_of(p)), []).append(p)
-        records = []
-        for labels, group in by_labels.items():
-            docs = [bench.predicted_doc(p, nlp.vocab) for p in group]
-            done = nlp.pipe(docs, batch_size=batch_size,
-                            component_cfg={pipe_name: {"labels": list(labels)}})
-            records += [_record(p, d, spans_key, pipe_name) for p, d in zip(group, done)]
-        cache.add(records)
-        if progress:
-            progress(len(chunk))
-    examples, predictions = [], []
-    stats: Counter = Counter()
-    replies, golds = [], []
-    for passage in bench.passages:
-        rec = cache.records[passage.id]
-        pred = _restore(bench, passage, rec, nlp.vocab, spans_key, pipe_name)
-        examples.append(Example(pred, bench.reference_doc(passage, nlp.vocab, spans_key)))
-        stats.update(rec["stats"])
-        for rep in rec["replies"]:
-            predictions.append({
-                "dataset": bench.name, "passage_id": passage.id, "type": rep["label"],
-                "window": rep.get("window"), "reply": rep["reply"],
-                "mentions": rep["mentions"], "error": rep["error"],
-                "gold": passage.answers.get(rep["label"]),
-            })
-            replies.append(rep["reply"])
-            golds.append(passage.answers.get(rep["label"], "[]"))
-    scores = {k: (0.0 if v is None else v)  # nothing to score reads as 0 in reports
-              for k, v in score_all(examples, spans_key=spans_key, replies_key=pipe_name).items()}
-    key = f"spans_{spans_key}"
-    uniner = uniner_string_counts(replies, golds)
-    n_pred = sum(len(eg.predicted.spans[spans_key]) for eg in examples)
-    metrics = {
-        "dataset": bench.name,
-        "source": bench.source,
-        "labels": bench.labels,
-        "strict": {"p": scores[f"{key}_p"], "r": scores[f"{key}_r"], "f": scores[f"{key}_f"],
-                   "per_type": scores[f"{key}_per_type"]},
-        "partial": {"p": scores[f"{key}_partial_p"], "r": scores[f"{key}_partial_r"],
-                    "f": scores[f"{key}_partial_f"],
-                    "per_type": scores[f"{key}_partial_per_type"]},
-        "uniner": {"p": uniner.p, "r": uniner.r, "f": uniner.f,
-                   "reference": reference_prf(uniner), "tp": uniner.tp,
-                   "n_pred": uniner.n_pred, "n_gold": uniner.n_gold,
-                   "per_type": scores[f"{key}_uniner_per_type"]},
-        "counts": {
-            "passages": len(bench.passages),
-            "passages_in_file": bench.stats.get("passages_in_file", len(bench.passages)),
-            "passages_from_cache": from_cache,
-            "windows": stats["windows"],  # > passages: some passage was cut into windows
-            "queries": stats["queries"],
-            "parse_failures": stats["parse_failures"],
-            "mentions": stats["mentions"],
-            "mentions_not_found": stats["mentions_not_found"],
-            "gold_spans": sum(len(p.spans) for p in bench.passages),
-            "predicted_spans": n_pred,
-            "gold_mentions_not_found": bench.stats.get("gold_mentions_not_found", 0),
-        },
-    }
-    return DatasetResult(bench.name, metrics, predictions)
-
-
-def averages(per_column: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-    """Macro averages of strict / partial / uniner F over the suite's domains and overall."""
-    out: Dict[str, Dict[str, float]] = {}
-    groups = dict(DOMAINS)
-    groups["overall"] = list(per_column)
-    for group, columns in groups.items():
-        present = [c for c in columns if c in per_column]
-        if not present:
-            continue
-        out[group] = {
-            metric: sum(per_column[c][metric]["f"] for c in present) / len(present)
-            for metric in ("strict", "partial", "uniner")
-        }
-        out[group]["datasets"] = len(present)  # type: ignore[assignment]
-    return out
-
-
-def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours",
-                   note: str = "") -> str:
-    """The paper's zero-shot rows beside ours (F1 × 100), one column per dataset + Avg.
-
-    Paper rows are shown only when every column is a suite dataset. When every
-    column has its ``counts``, a last row gives n: passages (queries) per
-    dataset, their totals under Avg.
-    """
-    columns = list(per_column)
-    suite = all(c in ZERO_SHOT for c in columns)
-    if suite:
-        columns = [c for c in ZERO_SHOT if c in per_column]
-    header = ["Model"] + columns + ["Avg"]
-    rule = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
-    lines = ["| " + " | ".join(header) + " |", rule]
-    if suite:
-        full = len(columns) == len(ZERO_SHOT)
-        for model, row in PAPER_ZERO_SHOT.items():
-            avg = row["Avg"] if full else sum(row[c] for c in columns) / len(columns)
-            cells = [f"{row[c]:.1f}" for c in columns] + [f"{avg:.1f}"]
-            lines.append(f"| {model} (paper) | " + " | ".join(cells) + " |")
-    for metric, label in (("uniner", "UniNER string F1"), ("strict", "strict span F1"),
-                          ("partial", "partial-match F1")):
-        vals = [100 * per_column[c][metric]["f"] for c in columns]
-        cells = [f"{v:.1f}" for v in vals] + [f"{sum(vals) / len(vals):.1f}"]
-        lines.append(f"| {title}: {label} | " + " | ".join(cells) + " |")
-    if all("counts" in per_column[c] for c in columns):
-        sizes = [(per_column[c]["counts"]["passages"], per_column[c]["counts"]["queries"])
-                 for c in columns]
-        sizes.append((sum(p for p, _ in sizes), sum(q for _, q in sizes)))
-        lines.append("| n: passages (queries) | "
-                     + " | ".join(f"{p:,} ({q:,})" for p, q in sizes) + " |")
-    text = "\n".join(lines) + "\n"
-    if note:
-        text += "\n" + note.strip() + "\n"
-    return text
-
-
-__all__ = [
-    "Benchmark",
-    "DEV_LIMIT",
-    "DEV_SUITE",
-    "DOMAINS",
-    "DatasetResult",
-    "PAPER_PARTIAL",
-    "PAPER_ZERO_SHOT",
-    "PRF",
-    "Passage",
-    "PredictionCache",
-    "SENTENCES_PER_PASSAGE",
-    "ZERO_SHOT",
-    "averages",
-    "bio_entities",
-    "detect_column_order",
-    "dev_suite",
-    "group_sentences",
-    "load_benchmark",
-    "load_bio",
-    "load_pile_ner_dev",
-    "load_uniner_json",
-    "markdown_table",
-    "run_benchmark",
-    "zero_shot_suite",
-]
+    return {name: load(name, *spec) for name, spec in DEV_SUITE.items()
+            if columns is None or name in columns}

@@ -25,21 +25,29 @@ Choices worth knowing:
   which no user asks for, so it is asked only under ``Dataset: CoNLL-2003``
   (as ``miscellaneous entity``) and its tokens count as ``O`` otherwise.
 
+* CoNLL-2003: ``conll2003`` maps both the CrossNER-style tags of the shared
+  files (``person``, ``organisation``, ``location``, ``misc``) and the standard
+  CoNLL tags (``PER``, ``ORG``, ``LOC``, ``MISC``).
+
 A user map is a JSON object ``{"raw tag": "type" | null}``, given as a path
 (``--label-map my_map.json``) or a built-in name (``--label-map mit_movie``).
 Tags missing from the map fall back to :func:`readable_tag` with a warning.
+Without a map, raw tags are asked as they are, except a tag set that is all
+dataset codes in capitals (``PER``, ``LOC``): that is refused, suggesting a map
+(:func:`spacy_uniner.evaluation.benchmarks.load_bio`); mapping each tag to
+itself keeps them.
 """
 
 import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 logger = logging.getLogger("spacy_uniner")
 
 LabelMap = Dict[str, Optional[str]]
-_BUILTIN = Path(__file__).parent / "data" / "label_maps.json"
+_BUILTIN = Path(__file__).parents[1] / "data" / "label_maps.json"
 
 
 @lru_cache(maxsize=1)
@@ -74,6 +82,26 @@ def _validate(mapping: Mapping, origin: str) -> LabelMap:
     return out
 
 
+def read_json_file(path: Path) -> Any:
+    """The JSON in ``path``; a file that is not UTF-8 or not JSON is a ValueError that
+    names it and the position (line and column, or byte)."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+            f"a truncated or damaged file?"
+        ) from None
+
+
+def suggest_label_maps(tags: Iterable[str]) -> List[str]:
+    """The built-in maps that name every one of ``tags``."""
+    wanted = set(tags)
+    return [name for name, mapping in _builtin_maps().items() if wanted <= set(mapping)]
+
+
 def load_label_map(spec: Union[None, str, Path, Mapping]) -> Optional[LabelMap]:
     """Resolve a label map from a built-in name, a JSON file path or a mapping.
 
@@ -94,11 +122,7 @@ def load_label_map(spec: Union[None, str, Path, Mapping]) -> Optional[LabelMap]:
             f"Label map {str(spec)!r} is neither a built-in map ({', '.join(sorted(maps))}) "
             f"nor an existing JSON file"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"Label map {path} is not valid JSON: {err}") from err
-    return _validate(data, str(path))
+    return _validate(read_json_file(path), str(path))
 
 
 #: Raw tags of catch-all classes (the ELSE family of the teacher's filter, paper §3.1):
