@@ -242,8 +242,13 @@ class UniversalNER(Pipe):
         if bundle_weights and weights_owner(model) is None:
             raise ValueError(
                 f"bundle_weights = true needs a student with local weights "
-                f"(spacy_uniner.HFStudent.v1, or RayStudent.v2 over one), not {model!r}"
+                f"(spacy_uniner.HFStudent.v2, or RayStudent.v2 over one), not {model!r}"
             )
+        owner = weights_owner(model)
+        if not bundle_weights and callable(getattr(owner, "check_source", None)):
+            # Weights that cannot load are an error now, naming them (a pipeline that
+            # bundles its weights finds them in its folder when it is loaded).
+            owner.check_source()
         self.vocab = vocab
         self.model = model
         self.name = name

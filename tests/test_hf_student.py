@@ -72,21 +72,32 @@ def test_bfloat16_and_bad_settings(tiny_model_dir):
         HFStudent(str(tiny_model_dir), max_new_tokens=0)
 
 
-def test_bad_model_sources_are_clear_errors_at_construction(tmp_path, tiny_model_dir, monkeypatch):
+def test_bad_model_sources_are_clear_errors(tmp_path, tiny_model_dir, monkeypatch):
     import shutil
 
+    import spacy
     import torch
 
+    def check(name, **settings):
+        HFStudent(name, **settings).check_source()
+
     with pytest.raises(FileNotFoundError, match="Student model folder .*nope.* does not exist"):
-        HFStudent(str(tmp_path / "nope"))
+        check(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="Student model folder .*nope.* does not exist"):
+        HFStudent(str(tmp_path / "nope")).load()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        HFStudent(str(tmp_path))
+        check(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="'someone/unknown-model' is neither a local folder "
                        "nor in the local Hugging Face cache.*downloads are off"):
-        HFStudent("someone/unknown-model")
-    HFStudent("someone/unknown-model", allow_download=True)  # may be fetched: no error yet
+        check("someone/unknown-model")
+    check("someone/unknown-model", allow_download=True)  # may be fetched: no error yet
     with pytest.raises(FileNotFoundError, match="adapter folder .*missing"):
-        HFStudent(str(tiny_model_dir), adapter=str(tmp_path / "missing"))
+        check(str(tiny_model_dir), adapter=str(tmp_path / "missing"))
+    # the component checks at construction, naming the folder
+    nlp = spacy.blank("en")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        nlp.add_pipe("universal_ner", config={"labels": ["x"], "model": {
+            "@uniner_models": "spacy_uniner.HFStudent.v2", "name": str(tmp_path / "nope")}})
     with pytest.raises(ValueError, match="threads must be positive"):
         HFStudent(str(tiny_model_dir), threads=0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -1,14 +1,10 @@
 """What a model backend must provide to the component."""
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from ..parsing import STOP_MARKER
-
-_WORD = re.compile(r"\w+|[^\w\s]")
-
 
 @dataclass(frozen=True)
 class Generation:
@@ -59,11 +55,6 @@ def finish_reply(
         if s < cut and lp is not None
     ]
     return Generation(text.strip(), tuple(o for o, _ in kept), tuple(lp for _, lp in kept))
-
-
-def word_offsets(text: str) -> List[Tuple[int, int]]:
-    """Words and punctuation: how windows are measured without the model's tokenizer."""
-    return [m.span() for m in _WORD.finditer(text)]
 
 
 @runtime_checkable

@@ -91,10 +91,6 @@ class HFStudent:
                     f"{torch.__version__}); use device 'cpu', or 'auto' to take a GPU when "
                     f"there is one"
                 )
-        if name not in (DEFAULT_MODEL, BASE_MODEL):
-            check_model_source(name, allow_download)
-        if adapter is not None and not Path(adapter).is_dir():
-            raise FileNotFoundError(f"Student adapter folder {adapter!r} does not exist")
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -131,6 +127,17 @@ class HFStudent:
         state.update(_model=None, _workspace={})
         return state
 
+    def check_source(self) -> None:
+        """Raise a clear error, naming the input, where the weights cannot load:
+        a missing model or adapter folder, a folder without ``config.json``, a
+        hub id not in the local Hugging Face cache while downloads are off. The
+        component calls it at construction (unless its pipeline bundles the
+        weights, which then come from the pipeline folder); ``load`` always."""
+        if self.name not in (DEFAULT_MODEL, BASE_MODEL):
+            check_model_source(self.name, self.allow_download)
+        if self.adapter is not None and not Path(self.adapter).is_dir():
+            raise FileNotFoundError(f"Student adapter folder {self.adapter!r} does not exist")
+
     @property
     def path(self) -> str:
         return resolve_model(self.name)
@@ -157,6 +164,7 @@ class HFStudent:
             return self
         import torch
 
+        self.check_source()
         if self.threads:
             torch.set_num_threads(self.threads)
         source = self.path
@@ -227,8 +235,9 @@ class HFStudent:
         return GroundedChooser(self.tokenizer, passages_of(prompts), self._closing_ids)
 
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [tuple(o) for o in enc["offset_mapping"]]
+        from ..passages import tokenizer_offsets
+
+        return tokenizer_offsets(self.tokenizer, text)
 
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
         """Replies in prompt order.

@@ -10,18 +10,17 @@ through the same parsing, alignment and scoring as a student's. This is how
              "endpoint": "https://api.openai.com/v1/chat/completions"}}
 """
 
-import re
 from typing import Any, Callable, Iterable, List, Sequence, Tuple
 
-from ..registry import uniner_models
+from ..passages import word_offsets
 from ..prompts import parse_query
+from ..registry import uniner_models
 from .base import Generation
 
 CHAT_TEMPLATE = (
     "Text: {passage}\n\nQuestion: What describes {label} in the text?\n"
     "Answer only with a JSON list of the exact mentions from the text, or [] if there are none."
 )
-_WORD = re.compile(r"\w+|[^\w\s]")
 
 
 class LLMStudent:
@@ -34,7 +33,7 @@ class LLMStudent:
 
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
         """Words and punctuation: windows are measured in these for a remote LLM."""
-        return [m.span() for m in _WORD.finditer(text)]
+        return word_offsets(text)
 
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
         messages = []

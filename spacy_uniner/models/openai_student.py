@@ -35,8 +35,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..default_student import resolve_model
 from ..parsing import STOP_MARKER
+from ..passages import word_offsets
 from ..registry import uniner_models
-from .base import Generation, finish_reply, word_offsets
+from .base import Generation, finish_reply
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -180,7 +181,7 @@ class OpenAIStudent:
                         "spacy_uniner.OpenAIStudent.v1 needs the openai package: "
                         "pip install 'spacy-uniner[openai]'"
                     ) from err
-                from ..teacher.client import Secret
+                from ..credentials import Secret
 
                 key = Secret.from_env(self.api_key_env) if self.api_key_env else Secret(None)
                 self._client = openai.OpenAI(
