@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
 from spacy.tokens import Doc, SpanGroup
@@ -201,6 +201,11 @@ def run_benchmark(
     key = f"spans_{spans_key}"
     uniner = uniner_string_counts(replies, golds)
     n_pred = sum(len(eg.predicted.spans[spans_key]) for eg in examples)
+    strict_counts = []  # per passage: true positives, predicted, gold (strict spans)
+    for eg in examples:
+        pred = {(sp.start_char, sp.end_char, sp.label_) for sp in eg.predicted.spans[spans_key]}
+        gold = {(sp.start_char, sp.end_char, sp.label_) for sp in eg.reference.spans[spans_key]}
+        strict_counts.append([len(pred & gold), len(pred), len(gold)])
     metrics = {
         "dataset": bench.name,
         "source": bench.source,
@@ -227,6 +232,7 @@ def run_benchmark(
             "predicted_spans": n_pred,
             "gold_mentions_not_found": bench.stats.get("gold_mentions_not_found", 0),
         },
+        "strict_counts": strict_counts,
     }
     return DatasetResult(bench.name, metrics, predictions)
 
@@ -245,7 +251,37 @@ def averages(per_column: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, float
             for metric in ("strict", "partial", "uniner")
         }
         out[group]["datasets"] = len(present)  # type: ignore[assignment]
+        interval = bootstrap_interval([per_column[c].get("strict_counts") for c in present])
+        if interval is not None:
+            out[group]["strict_ci95"] = interval  # type: ignore[assignment]
     return out
+
+
+def bootstrap_interval(
+    per_set: Sequence[Optional[Sequence[Sequence[int]]]], resamples: int = 1000, seed: int = 0
+) -> Optional[List[float]]:
+    """95% bootstrap interval of the average strict F1 over several sets.
+
+    per_set: for each set, per passage (true positives, predicted, gold). Each
+    resample draws every set's passages with replacement, computes each set's
+    micro F1 and averages them; RETURNS the 2.5th and 97.5th percentiles, or
+    None when a set has no per-passage counts.
+    """
+    import numpy as np
+
+    if not per_set or any(not counts for counts in per_set):
+        return None
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(counts, dtype=float) for counts in per_set]
+    averages = np.zeros(resamples)
+    for counts in arrays:
+        picks = rng.integers(0, len(counts), size=(resamples, len(counts)))
+        tp, pred, gold = (counts[:, k][picks].sum(axis=1) for k in range(3))
+        denom = pred + gold
+        averages += np.divide(2 * tp, denom, out=np.zeros(resamples), where=denom > 0)
+    averages /= len(arrays)
+    low, high = np.percentile(averages, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours",
@@ -281,6 +317,10 @@ def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours"
         lines.append("| n: passages (queries) | "
                      + " | ".join(f"{p:,} ({q:,})" for p, q in sizes) + " |")
     text = "\n".join(lines) + "\n"
+    interval = bootstrap_interval([per_column[c].get("strict_counts") for c in columns])
+    if interval is not None:
+        text += (f"\nAverage strict span F1, 95% bootstrap interval (passages resampled within "
+                 f"each set, 1,000 times): {100 * interval[0]:.1f} to {100 * interval[1]:.1f}.\n")
     if note:
         text += "\n" + note.strip() + "\n"
     return text

@@ -97,6 +97,13 @@ def test_runner_numbers_equal_nlp_evaluate(tmp_path, ai_slice):
     # Hand check on passage 0 ("... naive Bayes classifier s , Gaussian mixture model s ..."):
     # "Gaussian mixture model s" overlaps gold "Gaussian mixture model" -> partial > strict.
     assert ds["partial"]["f"] > ds["strict"]["f"] > 0
+    # the per-passage strict counts (for bootstrap intervals) give the same micro F1
+    tp, pred, gold = (sum(c[k] for c in ds["strict_counts"]) for k in range(3))
+    assert len(ds["strict_counts"]) == len(bench.passages)
+    assert 2 * tp / (pred + gold) == pytest.approx(ds["strict"]["f"])
+    low, high = _metrics(out)["averages"]["overall"]["strict_ci95"]
+    assert low < ds["strict"]["f"] < high
+    assert "95% bootstrap interval" in (out / "results.md").read_text()
     # "Sure! [...]" is read by our parser but is empty for UniNER's metric.
     assert ds["counts"]["parse_failures"] == 0
     field_preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()
@@ -216,3 +223,19 @@ def test_suite_subset_with_only(tmp_path):
     bad = _run("--model-config", cfg, "--suite", "zero-shot", "--only", "Biology",
                "--output", out, "--quiet")
     assert bad.exit_code != 0
+
+
+def test_bootstrap_interval():
+    from spacy_uniner.evaluation.runner import bootstrap_interval
+
+    perfect = [[1, 1, 1]] * 20
+    assert bootstrap_interval([perfect, perfect]) == [1.0, 1.0]
+    half = [[1, 1, 1]] * 10 + [[0, 1, 1]] * 10  # F1 0.5 in each
+    low, high = bootstrap_interval([half])
+    assert 0.25 < low < 0.5 < high < 0.75
+    # more passages: a narrower interval; the average of two sets is averaged
+    low2, high2 = bootstrap_interval([half * 10])
+    assert high2 - low2 < high - low
+    low3, high3 = bootstrap_interval([perfect * 10, half * 10])
+    assert low3 < 0.75 < high3
+    assert bootstrap_interval([perfect, None]) is None and bootstrap_interval([]) is None
