@@ -97,6 +97,24 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             _avg_rows(dev, "distilled"),
             "",
         ]
+    elif calibration is not None:  # the sweep's chosen row is the dev suite at that bias
+        best = json.loads(calibration.read_text())["best"]
+        columns = list(best["per_set"])
+        parts += [
+            "## Dev suite (F1 x 100; where every choice was made)",
+            "Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions, at "
+            f"the calibrated empty_bias {best['empty_bias']:g}; passages per set: "
+            + ", ".join(f"{c} {best['per_set'][c]['passages']}" for c in columns) + ".",
+            "",
+            "| Model | " + " | ".join(columns) + " | Avg |",
+            "|---|" + "---:|" * (len(columns) + 1),
+        ]
+        for key, name in (("strict_f", "strict span F1"), ("partial_f", "partial-match F1"),
+                          ("uniner_f", "UniNER string F1")):
+            cells = [f"{100 * best['per_set'][c][key]:.1f}" for c in columns]
+            parts.append(f"| distilled: {name} | " + " | ".join(cells)
+                         + f" | {100 * best[key]:.1f} |")
+        parts.append("")
     if calibration is not None:
         swept = json.loads(calibration.read_text())
         best = swept["best"]
@@ -124,6 +142,13 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         if base_eval is not None:
             parts.append(_avg_rows(json.loads((base_eval / "metrics.json").read_text()), "base"))
         parts += [_avg_rows(distilled, "distilled"), ""]
+    if eval_dir is None:
+        parts += [
+            "## Zero-shot results",
+            "Not measured for this adapter yet (the zero-shot suite only reports; "
+            "`spacy project run evaluate`).",
+            "",
+        ]
     parts += [
         "## License and terms",
         "The base model is Apache-2.0. The Pile-NER answers are CC BY-NC 4.0 (UniversalNER",

@@ -105,6 +105,17 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     assert "| distilled: strict span F1 | 50.0 | 50.0 |" in card
     assert "pile-ner-dev 131" in card
     assert "`empty_bias` = 1.5" in card and "among 0, 1.5: 50.0 (bias 0: 40.0)" in card
+    # without an evaluate-dev run, the dev table is the calibration's chosen row
+    rows[1]["per_set"] = {"conll2003-dev": {"strict_f": 0.5, "partial_f": 0.6, "uniner_f": 0.4,
+                                            "passages": 200}}
+    rows[1].update(partial_f=0.6, uniner_f=0.4)
+    swept.write_text(json.dumps({"rows": rows, "best": rows[1], "passages": 200, "queries": 600}))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--calibration",
+                                      str(swept)])
+    assert result.exit_code == 0, result.output
+    card = (dest / "README.md").read_text()
+    assert "at the calibrated empty_bias 1.5; passages per set: conll2003-dev 200." in card
+    assert "| distilled: partial-match F1 | 60.0 | 60.0 |" in card
     result = CliRunner(env={"COLUMNS": "400"}).invoke(
         app, ["--run", str(tmp_path / "nothing"), "--dest", str(dest)])
     assert result.exit_code == 2 and "train a LoRA run first" in result.output
