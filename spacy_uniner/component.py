@@ -39,7 +39,7 @@ from .passages import make_windows
 logger = logging.getLogger("spacy_uniner")
 
 ENTS_POLICIES = ("score", "longest", "first")
-DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": "default"}
+DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v2", "name": "default"}
 
 
 @Language.factory(
@@ -87,7 +87,7 @@ def make_universal_ner(
 ) -> "UniversalNER":
     """Open-type NER with a UniNER-style student.
 
-    model (Student): the backend, e.g. ``spacy_uniner.HFStudent.v1``.
+    model (Student): the backend, e.g. ``spacy_uniner.HFStudent.v2``.
     labels (List[str]): entity types in natural language; can be replaced per
         call with ``component_cfg={"universal_ner": {"labels": [...]}}``.
     spans_key (str): the span group that receives every typed span; a group

@@ -32,7 +32,7 @@ def build_pipeline(
         config={
             "labels": labels,
             "model": {
-                "@uniner_models": "spacy_uniner.HFStudent.v1",
+                "@uniner_models": "spacy_uniner.HFStudent.v2",
                 "name": model,
                 "threads": threads,
                 "max_new_tokens": max_new_tokens,

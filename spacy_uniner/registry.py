@@ -1,4 +1,4 @@
-"""The registry of model backends: ``@uniner_models = "spacy_uniner.HFStudent.v1"``.
+"""The registry of model backends: ``@uniner_models = "spacy_uniner.HFStudent.v2"``.
 
 Backends are versioned functions declared under the entry-point group
 ``thinc_uniner_models`` (spaCy creates custom registries in thinc's

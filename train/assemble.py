@@ -68,7 +68,7 @@ def main(
             "labels": normalize_labels(label_list),
             "bundle_weights": bundle,
             "model": {
-                "@uniner_models": "spacy_uniner.HFStudent.v1",
+                "@uniner_models": "spacy_uniner.HFStudent.v2",
                 "name": str(Path(base_model).resolve()) if base_is_path else base_model,
                 "adapter": str(adapter.resolve()) if adapter else None,
                 "max_new_tokens": max_new_tokens,

@@ -1,7 +1,7 @@
 """``spacy_uniner.RayStudent.v2``: the student runs in a pool of Ray actors.
 
 The student is a nested block (``[components.universal_ner.model.student]``):
-any registered student, ``spacy_uniner.HFStudent.v1`` by default.
+any registered student, ``spacy_uniner.HFStudent.v2`` by default.
 
 The pipeline stays in the caller's process: the component cuts documents into
 windows with the student's tokenizer here and sends the queries to the pool.
@@ -30,7 +30,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ..registry import uniner_models
 from .base import Generation, Student
-from .hf import make_hf_student_v1, prefix_key
+from .hf import make_hf_student_v1, make_hf_student_v2, prefix_key
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -352,8 +352,8 @@ def make_ray_student_v2(
 
     student (Optional[Student]): the student each actor runs, a nested block
         (``[components.universal_ner.model.student]``, e.g.
-        ``spacy_uniner.HFStudent.v1`` with ``device = "cuda"`` to use the actor's
-        ``num_gpus``); None: ``spacy_uniner.HFStudent.v1`` with its defaults. It
+        ``spacy_uniner.HFStudent.v2`` with ``device = "cuda"`` to use the actor's
+        ``num_gpus``); None: ``spacy_uniner.HFStudent.v2`` with its defaults. It
         is built here (an HFStudent loads no weights until asked) and a pickled
         copy goes to every actor.
     num_actors (int): actors in the pool.
@@ -367,7 +367,7 @@ def make_ray_student_v2(
         (default: ``$RAY_ADDRESS``, else a local Ray).
     """
     return RayStudent(
-        make_hf_student_v1() if student is None else student,
+        make_hf_student_v2() if student is None else student,
         num_actors=num_actors,
         num_gpus=num_gpus,
         num_cpus=num_cpus,

@@ -148,7 +148,7 @@ def test_settings_are_checked(tiny_model_dir):
     assert isinstance(student.student, HFStudent) and student.student.max_new_tokens == 5
     assert student.token_offsets("Ada met Bob")  # the tokenizer runs here, no actors
     assert student.actors == []
-    # v2: the student is a nested block, any registered student; default HFStudent.v1
+    # v2: the student is a nested block, any registered student; default HFStudent.v2
     nlp = spacy.blank("en")
     block = {"@uniner_models": "spacy_uniner.HFStudent.v1", "name": str(tiny_model_dir),
              "max_new_tokens": 7}
@@ -161,4 +161,5 @@ def test_settings_are_checked(tiny_model_dir):
     assert isinstance(pooled.student, HFStudent) and pooled.student.max_new_tokens == 7
     assert pooled.num_actors == 3 and pooled.actors == []
     assert "[components.universal_ner.model.student]" in nlp.config.to_str()
-    assert make_ray_student_v2().student.name == "default"
+    default = make_ray_student_v2().student
+    assert default.name == "default" and default.grounded is True
