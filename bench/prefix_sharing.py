@@ -6,10 +6,7 @@
 - per_type: the reference — every query prefilled in full and decoded by
   ``model.generate`` in length-sorted batches (HFStudent prefix_sharing=false);
 - shared: the default — SharedDecoder, one packed prefill per passage and
-  continuous batching;
-- unshared_continuous (--ablation): SharedDecoder with every query a group of
-  its own, i.e. the same decode loop without sharing, to show how much of the
-  gain each part brings.
+  continuous batching.
 
 Rounds alternate the order of the ways; one warm-up first; medians reported.
 Answers are compared query by query with per_type (greedy decoding everywhere).
@@ -22,7 +19,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Callable, Dict, List
 
 import typer
 from machine import machine_info
@@ -34,11 +31,10 @@ DATA = ROOT.parent / "shared" / "data" / "benchmarks" / "uniner" / "CrossNER_AI.
 def main(
     passages: int = typer.Option(50, help="Passages (seeded sample of the file)."),
     rounds: int = typer.Option(3, help="Timed rounds (median reported) after one warm-up."),
-    model: str = typer.Option("default", help="Student model (as HFStudent.v1 `name`)."),
+    model: str = typer.Option("default", help="Student model (as HFStudent `name`)."),
     threads: int = typer.Option(2, help="torch threads, pinned."),
     max_new_tokens: int = typer.Option(64, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together (every way)."),
-    ablation: bool = typer.Option(True, help="Also time continuous batching without sharing."),
     data: Path = typer.Option(DATA, help="A UniNER evaluation JSON file."),
     output: Path = typer.Option(ROOT / "bench" / "results" / "prefix_sharing.json"),
 ) -> None:
@@ -61,16 +57,19 @@ def main(
     k = len(bench.labels)
     shared_tokens = sum(packed_tokens(ids[i : i + k]) for i in range(0, len(ids), k))
 
+    def run(sharing: bool) -> Callable[[List[str]], Any]:
+        def generate(prompts: List[str]) -> Any:
+            student.prefix_sharing = sharing
+            return student.generate(prompts)
+
+        return generate
+
     ways = {
         # the reference: every query prefilled in full, model.generate in batches
-        "per_type": lambda prompts: student._generate_each_all(prompts),
+        "per_type": run(False),
         # the default: one prefill per passage, continuous batching
-        "shared": lambda prompts: student._generate_shared(prompts),
-        # continuous batching with no sharing: how much of the gain is the decode loop
-        "unshared_continuous": lambda prompts: student._generate_shared(prompts, share=False),
+        "shared": run(True),
     }
-    if not ablation:
-        del ways["unshared_continuous"]
 
     def timed(way: str, prompts: List[str]):
         start = time.perf_counter()
@@ -115,22 +114,12 @@ def main(
         "identical_answers_by_way": {way: round(v / total, 4) for way, v in same.items()},
         "machine": machine_info(),
     }
-    if ablation:
-        result["speedup_continuous_batching_alone_x"] = round(
-            median["per_type"] / median["unshared_continuous"], 2
-        )
-        result["speedup_sharing_on_top_x"] = round(
-            median["unshared_continuous"] / median["shared"], 2
-        )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"speed-up shared / per-type: {result['speedup_x']}x "
           f"(prompt-token ratio {result['prefill_ceiling_x']}x); "
           f"identical answers {100 * result['identical_answers']:.1f}%")
-    if ablation:
-        print(f"continuous batching alone: {result['speedup_continuous_batching_alone_x']}x; "
-              f"sharing on top of it: {result['speedup_sharing_on_top_x']}x")
 
 
 if __name__ == "__main__":
