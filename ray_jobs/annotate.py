@@ -69,6 +69,9 @@ def main(
     ),
     ask: bool = typer.Option(True, help="--no-ask: only rebuild the outputs from the cache."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also Ray's and transformers' own messages."
+    ),
 ) -> None:
     """Sample passages, ask the teacher, parse and filter the replies, write teacher data."""
     from spacy_uniner.teacher import (
@@ -80,7 +83,10 @@ def main(
         format_summary,
     )
 
+    from spacy_uniner.cli_logging import configure_cli_logging
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    configure_cli_logging(verbose)
     if replay_teacher is not None and base_url is not None:
         raise typer.BadParameter("give --base-url or --replay-teacher, not both")
     overrides = {}
@@ -118,6 +124,7 @@ def main(
         ray_address=ray_address,
         progress=progress,
         ask=ask,
+        quiet=not verbose,
     )
     with contextlib.ExitStack() as stack:
         if replay_teacher is not None:

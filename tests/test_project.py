@@ -100,7 +100,7 @@ def test_small_workflow_runs_and_reruns_skip(project, tiny_corpus, tiny_model_di
         "annotate-small", "build-data-small", "extract-small"]
 
 
-def test_annotate_takes_one_teacher(shared_data, tmp_path):
+def test_annotate_takes_one_teacher(shared_data, tmp_path, cli_logging_restored):
     from typer.testing import CliRunner
 
     from ray_jobs.annotate import app

@@ -30,6 +30,7 @@ from .store import (
     write_outputs,
 )
 from .summary import write_summary
+from ..ray_session import start_ray
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -113,26 +114,6 @@ class ExtractOptions:
             "text_field": self.text_field,
             "id_field": self.id_field,
         }
-
-
-def _ray_init(address: Optional[str], quiet: bool = False) -> bool:
-    """Connect to (or start) Ray; RETURNS whether this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        # A local cluster of our own: bound to this machine; keep uv from zipping the repo.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    level = logging.INFO
-    if quiet:
-        from ..cli_logging import quiet_ray
-
-        level = quiet_ray()
-    ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=level)
-    return True
 
 
 def _check_resources(options: ExtractOptions) -> None:
@@ -294,7 +275,7 @@ def extract(
     done = keep.column("doc_id").to_pylist()
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
 
-    started = _ray_init(options.ray_address, quiet=options.quiet)
+    started = start_ray(options.ray_address, quiet=options.quiet)
     context = ray.data.DataContext.get_current()
     progress_bars = context.enable_progress_bars
     context.enable_progress_bars = False  # one bar of our own instead of one per operator

@@ -37,6 +37,7 @@ from .filters import DROP_REASONS, filter_reply
 from .limiter import limiter_actor
 from .prompt import TeacherPrompt
 from .stats import DEFAULT_PRICE_IN, DEFAULT_PRICE_OUT, entity_stats, estimate_cost
+from ..ray_session import start_ray
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -68,6 +69,7 @@ class AnnotateOptions:
     max_doc_chars: int = MAX_DOC_CHARS
     max_file_bytes: int = MAX_FILE_BYTES
     ask: bool = True  # False: only rebuild outputs from the cache
+    quiet: bool = False  # Ray's start-up INFO lines off (command lines without -v)
 
 
 def _schema():
@@ -104,20 +106,6 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
-
-
-def _ray_init(address: Optional[str]) -> bool:
-    """Connect to (or start) Ray; RETURNS whether this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address is None:
-        # A local cluster of our own: bound to this machine; keep uv from zipping the repo.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    return True
 
 
 # Worker actors and the limiter, kept per (Ray job, workers, concurrency) so that
@@ -173,7 +161,7 @@ def _ask_teacher(
     import ray
     from tqdm.auto import tqdm
 
-    started = _ray_init(options.ray_address)
+    started = start_ray(options.ray_address, quiet=options.quiet)
     pool_key = None
     failures: Dict[int, Dict] = {}
     counters = Counter()
