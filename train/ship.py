@@ -11,7 +11,7 @@ The adapter's ``uniner_student.json`` (the calibrated ``empty_bias``, written by
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
@@ -34,6 +34,10 @@ def _avg_rows(metrics: Dict[str, Any], title: str) -> str:
         row.append(f"{100 * overall:.1f}" if isinstance(overall, (int, float)) else "-")
         lines.append(f"| {title}: {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _table_head(columns: List[str]) -> List[str]:
+    return ["| Model | " + " | ".join(columns) + " | Avg |", "|---|" + "---:|" * (len(columns) + 1)]
 
 
 def _sample(metrics: Dict[str, Any]) -> str:
@@ -84,6 +88,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         f"(train loss {metrics['train_loss']:.3f}). Reproduce: `spacy project run student`.",
         "",
     ]
+    swept = json.loads(calibration.read_text()) if calibration is not None else None
     if dev_eval is not None:
         dev = json.loads((dev_eval / "metrics.json").read_text())
         columns = list(dev["datasets"])
@@ -92,13 +97,12 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             f"Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions; "
             f"{_sample(dev)}.",
             "",
-            "| Model | " + " | ".join(columns) + " | Avg |",
-            "|---|" + "---:|" * (len(columns) + 1),
+            *_table_head(columns),
             _avg_rows(dev, "distilled"),
             "",
         ]
-    elif calibration is not None:  # the sweep's chosen row is the dev suite at that bias
-        best = json.loads(calibration.read_text())["best"]
+    elif swept is not None:  # the sweep's chosen row is the dev suite at that bias
+        best = swept["best"]
         columns = list(best["per_set"])
         parts += [
             "## Dev suite (F1 x 100; where every choice was made)",
@@ -106,8 +110,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             f"the calibrated empty_bias {best['empty_bias']:g}; passages per set: "
             + ", ".join(f"{c} {best['per_set'][c]['passages']}" for c in columns) + ".",
             "",
-            "| Model | " + " | ".join(columns) + " | Avg |",
-            "|---|" + "---:|" * (len(columns) + 1),
+            *_table_head(columns),
         ]
         for key, name in (("strict_f", "strict span F1"), ("partial_f", "partial-match F1"),
                           ("uniner_f", "UniNER string F1")):
@@ -115,8 +118,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             parts.append(f"| distilled: {name} | " + " | ".join(cells)
                          + f" | {100 * best[key]:.1f} |")
         parts.append("")
-    if calibration is not None:
-        swept = json.loads(calibration.read_text())
+    if swept is not None:
         best = swept["best"]
         tried = ", ".join(f"{r['empty_bias']:g}" for r in swept["rows"])
         at_zero = next((r["strict_f"] for r in swept["rows"] if r["empty_bias"] == 0), None)
@@ -136,8 +138,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             f"{_sample(distilled)}; max_new_tokens "
             f"{distilled['run']['model'].get('max_new_tokens')}.",
             "",
-            "| Model | " + " | ".join(columns) + " | Avg |",
-            "|---|" + "---:|" * (len(columns) + 1),
+            *_table_head(columns),
         ]
         if base_eval is not None:
             parts.append(_avg_rows(json.loads((base_eval / "metrics.json").read_text()), "base"))
