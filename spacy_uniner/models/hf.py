@@ -254,7 +254,7 @@ class HFStudent:
         list, and the margin (nats) by which it preferred the empty list at the
         first token. With ``empty_bias = b`` the student answers ``[]`` where
         the margin exceeds ``b``, else (up to ties) that reply: one run decides
-        every bias (:mod:`~spacy_uniner.calibration`)."""
+        every bias (:mod:`~spacy_uniner.evaluation.calibration`)."""
         inner = self._chooser(prompts)
         empty = self.empty_list_ids
         margins: Dict[int, float] = {}
