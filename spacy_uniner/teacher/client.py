@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from ..credentials import Secret
+from ..credentials import Secret, openai_client, short
 from .prompt import TeacherPrompt
 
 logger = logging.getLogger("spacy_uniner")
 
 CHARS_PER_TOKEN = 4.0
-LOCAL_PLACEHOLDER_KEY = "sk-no-key"  # what the openai client gets when no key is set
 
 
 @dataclass(frozen=True)
@@ -122,12 +121,8 @@ class OpenAITeacher(_Teacher):
         http_client = openai.DefaultHttpxClient(
             event_hooks={"request": [self._before_attempt]}, timeout=config.timeout
         )
-        self._client = openai.OpenAI(
-            api_key=api_key.get() or LOCAL_PLACEHOLDER_KEY,
-            base_url=config.base_url,
-            max_retries=config.max_attempts - 1,
-            timeout=config.timeout,
-            http_client=http_client,
+        self._client = openai_client(
+            api_key, config.base_url, config.max_attempts, config.timeout, http_client=http_client
         )
 
     def _before_attempt(self, request) -> None:
@@ -150,13 +145,13 @@ class OpenAITeacher(_Teacher):
                 model=self.config.model, messages=self.prompt.messages(passage), **kwargs
             )
         except openai.APIStatusError as err:
-            return self._failure(f"HTTP {err.status_code} after retries: {_short(err.message)}")
+            return self._failure(f"HTTP {err.status_code} after retries: {short(err.message)}")
         except openai.APITimeoutError:
             return self._failure(f"timed out after {self.config.timeout:.0f} s per attempt")
         except openai.APIConnectionError as err:
-            return self._failure(f"connection error: {_short(str(err))}")
+            return self._failure(f"connection error: {short(str(err))}")
         except openai.OpenAIError as err:
-            return self._failure(f"{type(err).__name__}: {_short(str(err))}")
+            return self._failure(f"{type(err).__name__}: {short(str(err))}")
         if not response.choices:
             return self._failure("response without choices")
         choice = response.choices[0]
@@ -204,7 +199,7 @@ class SpacyLLMTeacher(_Teacher):
             self._settle(estimate, 0)
             return {
                 "ok": False,
-                "error": f"{type(err).__name__}: {_short(str(err))}",
+                "error": f"{type(err).__name__}: {short(str(err))}",
                 "attempts": 1,
             }
         usage = _estimated_usage(estimate - self.config.expected_completion_tokens, reply)
@@ -233,11 +228,6 @@ def _estimated_usage(prompt_tokens: int, reply: str) -> Dict[str, int]:
         "total_tokens": int(prompt_tokens) + completion,
         "estimated": 1,
     }
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def make_teacher(config: TeacherConfig, prompt: TeacherPrompt, api_key: Secret, reserve, settle):
@@ -276,7 +266,7 @@ class TeacherWorker:
         except Exception as err:  # never lose a passage to a worker exception
             result = {
                 "ok": False,
-                "error": f"{type(err).__name__}: {_short(str(err))}",
+                "error": f"{type(err).__name__}: {short(str(err))}",
                 "attempts": 0,
             }
         result["index"] = index
