@@ -32,7 +32,7 @@ from spacy.training import Example
 from . import prompts
 from .alignment import find_mentions
 from .models.base import Generation, Student
-from .models.bundle import read_bundle, weights_owner, write_bundle
+from .weights import read_bundle, weights_owner, write_bundle
 from .parsing import parse_student_reply
 from .passages import make_windows
 
@@ -108,7 +108,7 @@ def make_universal_ner(
     bundle_weights (bool): ``nlp.to_disk`` copies the student's weights into the
         pipeline folder (adapter, and base unless built in), so the folder and a
         ``spacy package`` wheel made from it load anywhere; see
-        :mod:`spacy_uniner.models.bundle`.
+        :mod:`spacy_uniner.weights`.
     scorer (Optional[Callable]): the scoring method.
 
     Two ``universal_ner`` components of one pipeline cannot share a ``spans_key``:
@@ -542,7 +542,7 @@ class UniversalNER(Pipe):
         return self.scorer(examples, spans_key=self.spans_key, **kwargs)
 
     # Serialization: the model config names the weights; with bundle_weights they
-    # are also copied to ``weights/``, which wins on loading (models/bundle.py).
+    # are also copied to ``weights/``, which wins on loading (spacy_uniner/weights.py).
     def to_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> None:
         serialize: Dict[str, Callable[[Path], Any]] = {
             "cfg": lambda p: srsly.write_json(p, self.cfg),

@@ -8,6 +8,9 @@ refuses deep nesting. Usual damage is repaired and reported in
 ``ParsedReply.repairs``: prose around the list, a truncated list (complete items
 are kept), single quotes. A reply that yields no list at all is
 ``ok=False`` with the reason in ``error`` — never silently an empty answer.
+
+While a reply is being written, :func:`answer_complete` says whether it is
+finished and :func:`open_string` reads the mention it is in the middle of.
 """
 
 import ast
@@ -97,6 +100,50 @@ def list_repeats(text: str) -> bool:
             return True
         seen.add(match.group(1))
     return False
+
+
+def answer_complete(text: str, stop: str = STOP_MARKER) -> bool:
+    """Whether a partial reply is finished: it holds the stop marker, a closed list,
+    or a list that repeats an item (a greedy loop)."""
+    return stop in text or list_closed(text) or list_repeats(text)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def open_string(text: str) -> Optional[str]:
+    """The (JSON-unescaped) content of a string still open at the end of
+    ``text``, else None. An escape cut off at the end is left out."""
+    inside = False
+    buf: List[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if not inside:
+            if ch == '"':
+                inside, buf = True, []
+            i += 1
+        elif ch == '"':
+            inside = False
+            i += 1
+        elif ch == "\\":
+            esc = text[i + 1 : i + 2]
+            if esc == "u":
+                digits = text[i + 2 : i + 6]
+                if len(digits) < 4:
+                    break
+                try:
+                    buf.append(chr(int(digits, 16)))
+                except ValueError:
+                    buf.append(digits)
+                i += 6
+            else:
+                buf.append(_ESCAPES.get(esc, esc))
+                i += 2
+        else:
+            buf.append(ch)
+            i += 1
+    return "".join(buf) if inside else None
 
 
 def _literal(text: str) -> Any:

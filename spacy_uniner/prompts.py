@@ -21,7 +21,7 @@ Variants (all rendered here):
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 SYSTEM = "A virtual assistant answers questions from a user based on the provided text."
 USER = "USER"
@@ -135,3 +135,33 @@ def parse_query(prompt: str) -> Tuple[str, str]:
     if not match:
         raise ValueError(f"Not a UniNER query prompt: {prompt[:200]!r}")
     return match.group("passage"), match.group("label")
+
+
+def passages_of(prompts: Sequence[str]) -> List[Optional[str]]:
+    """The passage of every UniNER query prompt (None for any other prompt)."""
+    out: List[Optional[str]] = []
+    for prompt in prompts:
+        try:
+            out.append(parse_query(prompt)[0])
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def group_by_prefix(prompts: Sequence[str]) -> Dict[str, List[int]]:
+    """Prompt indices grouped by everything before their last question turn.
+
+    In the UniNER conversation that is the system text and the passage (and any
+    earlier turns); a prompt without a question turn is a group of its own.
+    """
+    groups: Dict[str, List[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prefix_key(prompt, i), []).append(i)
+    return groups
+
+
+def prefix_key(prompt: str, index: int) -> str:
+    """What ``prompt`` (at ``index`` in its call) shares with the other type
+    queries of its passage: the text before its last question turn."""
+    cut = prompt.rfind(f"{SEP2}{USER}: ")
+    return prompt[: cut + len(SEP2)] if cut >= 0 else f"\0{index}"

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spacy_uniner import prompts
 from spacy_uniner.models.decoding import SharedDecoder
-from spacy_uniner.models.hf import _group_by_prefix
+from spacy_uniner.prompts import group_by_prefix
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_shared_decoder_equals_per_prompt_greedy(tiny, slots, monkeypatch):
         finished=lambda reply: len(reply) >= _length(reply),
         spare_columns=2 if slots < 16 else None,
     )
-    replies = decoder.generate(ids, list(_group_by_prefix(ps).values()))
+    replies = decoder.generate(ids, list(group_by_prefix(ps).values()))
     for i, (reply, logprobs) in enumerate(replies):
         assert reply == _reference(model, ids[i], tok.eos_token_id, 12), ps[i]
         assert len(logprobs) == len(reply) and all(lp <= 0 for lp in logprobs)

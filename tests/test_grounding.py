@@ -3,14 +3,10 @@
 import pytest
 
 from spacy_uniner import prompts
-from spacy_uniner.models.grounding import (
-    GroundedChooser,
-    closing_token_ids,
-    open_string,
-    passages_of,
-)
+from spacy_uniner.models.grounding import GroundedChooser, closing_token_ids
 from spacy_uniner.models.hf import HFStudent, make_hf_student_v1, make_hf_student_v2
-from spacy_uniner.parsing import parse_student_reply
+from spacy_uniner.parsing import open_string, parse_student_reply
+from spacy_uniner.prompts import passages_of
 
 PASSAGE = "Ada Lovelace met Charles Babbage in London."
 FREE = ' ["Quxford", "Ada Lovelace"]'  # "Quxford" is not in the passage

@@ -4,7 +4,8 @@ import pytest
 import spacy
 
 from spacy_uniner import prompts
-from spacy_uniner.models.hf import HFStudent, answer_complete, make_hf_student_v1
+from spacy_uniner.models.hf import HFStudent, make_hf_student_v1
+from spacy_uniner.parsing import answer_complete
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +182,11 @@ def test_prefix_sharing_gives_the_per_type_answers(tiny_model_dir, monkeypatch):
 
 def test_prefix_groups():
     from spacy_uniner.models.decoding import common_prefix_len
-    from spacy_uniner.models.hf import _group_by_prefix
+    from spacy_uniner.prompts import group_by_prefix
 
     ps = [prompts.render_query("A.", "x"), "free text", prompts.render_query("A.", "y"),
           prompts.render_query("B.", "x")]
-    assert sorted(_group_by_prefix(ps).values()) == [[0, 2], [1], [3]]
+    assert sorted(group_by_prefix(ps).values()) == [[0, 2], [1], [3]]
     assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert common_prefix_len([[5], [6]]) == 0
 
@@ -193,7 +194,7 @@ def test_prefix_groups():
 def test_empty_bias_moves_the_first_answer_token(tiny_model_dir, tmp_path):
     import json
 
-    from spacy_uniner.models.hf import adapter_settings
+    from spacy_uniner.weights import adapter_settings
 
     ps = [prompts.render_query(t, label) for t in ["Ada met Babbage.", "Paris, 1833."]
           for label in ["person", "date", "x"]]

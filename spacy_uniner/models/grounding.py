@@ -12,9 +12,8 @@ as it is; a hallucinated one becomes a real span or nothing.
 import re
 from typing import Any, List, Optional, Sequence
 
-from ..prompts import parse_query
+from ..parsing import open_string
 
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 _SPACE = re.compile(r"\s+")
 # Tokens that end a string and at most go on to the next item or the list's end.
 _CLOSING = re.compile(r'^"\s*(,\s*"?|\]\s*)?$')
@@ -22,41 +21,6 @@ _CLOSING = re.compile(r'^"\s*(,\s*"?|\]\s*)?$')
 
 def _norm(text: str) -> str:
     return _SPACE.sub(" ", text.lower())
-
-
-def open_string(text: str) -> Optional[str]:
-    """The (JSON-unescaped) content of a string still open at the end of
-    ``text``, else None. An escape cut off at the end is left out."""
-    inside = False
-    buf: List[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if not inside:
-            if ch == '"':
-                inside, buf = True, []
-            i += 1
-        elif ch == '"':
-            inside = False
-            i += 1
-        elif ch == "\\":
-            esc = text[i + 1 : i + 2]
-            if esc == "u":
-                digits = text[i + 2 : i + 6]
-                if len(digits) < 4:
-                    break
-                try:
-                    buf.append(chr(int(digits, 16)))
-                except ValueError:
-                    buf.append(digits)
-                i += 6
-            else:
-                buf.append(_ESCAPES.get(esc, esc))
-                i += 2
-        else:
-            buf.append(ch)
-            i += 1
-    return "".join(buf) if inside else None
 
 
 class GroundedChooser:
@@ -105,14 +69,3 @@ def closing_token_ids(tokenizer: Any) -> List[int]:
     if not ids:
         raise ValueError("the tokenizer has no token that closes a JSON string")
     return ids
-
-
-def passages_of(prompts: Sequence[str]) -> List[Optional[str]]:
-    """The passage of every UniNER query prompt (None for any other prompt)."""
-    out: List[Optional[str]] = []
-    for prompt in prompts:
-        try:
-            out.append(parse_query(prompt)[0])
-        except ValueError:
-            out.append(None)
-    return out

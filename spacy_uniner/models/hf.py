@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..default_student import BASE_MODEL, DEFAULT_MODEL, default_adapter, resolve_model
-from ..parsing import STOP_MARKER, list_closed, list_repeats
-from ..prompts import SEP2, USER
+from ..parsing import STOP_MARKER, answer_complete
+from ..prompts import group_by_prefix, passages_of
 from ..registry import uniner_models
+from ..weights import adapter_settings, check_model_source, damaged_weights
 from .base import Generation, finish_reply
 
 logger = logging.getLogger("spacy_uniner")
@@ -23,41 +24,20 @@ _DTYPES = ("float32", "bfloat16", "float16", "auto")
 _LOADED: "weakref.WeakValueDictionary[Tuple[str, ...], Any]" = weakref.WeakValueDictionary()
 
 
-def answer_complete(text: str, stop: str = STOP_MARKER) -> bool:
-    """Whether a partial reply is finished: it holds the stop marker, a closed list,
-    or a list that repeats an item (a greedy loop)."""
-    return stop in text or list_closed(text) or list_repeats(text)
-
-
 class HFStudent:
-    """Greedy, batched generation with a local HF causal LM folder or hub id.
+    """Greedy, batched generation with a local HF causal LM folder or hub id
+    (settings: :func:`make_hf_student_v1`, :func:`make_hf_student_v2`).
 
     Weights load lazily on first use. A reply ends at the tokenizer's EOS, at
-    the text ``</s>`` (UniNER's separator: one token for LLaMA vocabularies,
-    several for others), as soon as the JSON list it opened is closed, or when
-    the list repeats an item it already gave (a greedy loop; the repeat adds
-    nothing) — whichever comes first — else at ``max_new_tokens``.
-
-    With ``prefix_sharing`` (the default), prompts that share a leading run of
-    tokens — every type query of one passage shares the system text and the
-    passage — are answered by :class:`~spacy_uniner.models.decoding.SharedDecoder`:
-    that run is prefilled once, together with every query's own tail, and the
-    queries are decoded ``batch_size`` at a time, a finished reply's place taken
-    by the next query at once. Without it every prompt is prefilled in full and
-    decoded by ``model.generate`` in length-sorted batches (the reference way).
-    Both give the same greedy answers up to float summation order.
-
-    ``empty_bias`` is a decision threshold for "is this type in the text at
-    all": at the first answer token, the logits of tokens that open an empty
-    list (`` []``) are lowered by this many nats, so a student unsure whether a
-    type is present answers with a list instead of ``[]``. ``None`` takes the
-    value recorded with the adapter (``uniner_student.json``, tuned on held-out
-    non-evaluation data when the adapter was shipped), else 0 (plain greedy).
-
-    ``grounded`` constrains the mentions to the passage
-    (:mod:`~spacy_uniner.models.grounding`): while the reply writes a string,
-    it takes the most likely token that keeps the string a substring of the
-    passage; it can always close the string or the list.
+    the text ``</s>`` (UniNER's separator), when its JSON list is closed or
+    repeats an item (a greedy loop), else at ``max_new_tokens``. With
+    ``prefix_sharing`` the type queries of a passage are answered by
+    :class:`~spacy_uniner.models.decoding.SharedDecoder` from one prefill of
+    the passage; without it every prompt is prefilled in full and decoded by
+    ``model.generate`` (the reference way, the same greedy answers up to float
+    summation order). ``empty_bias`` lowers the empty-list answer at the first
+    token; ``grounded`` keeps mentions to the passage
+    (:mod:`~spacy_uniner.models.grounding`).
     """
 
     def __init__(
@@ -228,7 +208,7 @@ class HFStudent:
         """The grounded token chooser for these prompts, or None (greedy)."""
         if not self.grounded:
             return None
-        from .grounding import GroundedChooser, closing_token_ids, passages_of
+        from .grounding import GroundedChooser, closing_token_ids
 
         if self._closing_ids is None:
             self._closing_ids = closing_token_ids(self.tokenizer)
@@ -304,7 +284,7 @@ class HFStudent:
             workspace=self._workspace,
         )
         ids = [tok(p)["input_ids"] for p in prompts]
-        replies = decoder.generate(ids, list(_group_by_prefix(prompts).values()))
+        replies = decoder.generate(ids, list(group_by_prefix(prompts).values()))
         return [self._to_generation(t, lps) for t, lps in replies]
 
     def _generate_batch(
@@ -400,77 +380,6 @@ class HFStudent:
                 {"name": self.name, "resolved": self.path, "adapter": self.adapter}, indent=2
             )
         )
-
-
-def check_model_source(name: str, allow_download: bool) -> None:
-    """Raise a clear error, naming ``name``, for a student model that cannot
-    load: a local path that does not exist or holds no ``config.json``, or (with
-    downloads off) a hub id that is not in the local Hugging Face cache."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"Student model {name!r} is not a Hugging Face model folder (no config.json)"
-            )
-        return
-    if name.startswith((".", "/", "~")) or name.strip("/").count("/") != 1:
-        raise FileNotFoundError(f"Student model folder {name!r} does not exist")
-    if allow_download:
-        return
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-        raise FileNotFoundError(
-            f"Student model {name!r} is neither a local folder nor in the local Hugging Face "
-            f"cache ({HF_HUB_CACHE}), and downloads are off: give a local folder, or set "
-            f"allow_download = true to fetch the hub id"
-        )
-
-
-def damaged_weights(folder: str) -> Optional[str]:
-    """A message naming the first unreadable ``*.safetensors`` file in ``folder``, if any."""
-    from safetensors import safe_open
-
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with safe_open(str(path), "pt"):
-                pass
-        except Exception as err:
-            return f"{path} is unreadable (truncated or damaged?): {err}"
-    return None
-
-
-def adapter_settings(adapter: Optional[str]) -> Dict[str, Any]:
-    """Inference settings recorded beside an adapter (``uniner_student.json``), if any."""
-    import json
-
-    path = Path(adapter) / "uniner_student.json" if adapter else None
-    if path is None or not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"Unreadable student settings {path}: {err}") from err
-
-
-def _group_by_prefix(prompts: Sequence[str]) -> Dict[str, List[int]]:
-    """Prompt indices grouped by everything before their last question turn.
-
-    In the UniNER conversation that is the system text and the passage (and any
-    earlier turns); a prompt without a question turn is a group of its own.
-    """
-    groups: Dict[str, List[int]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(prefix_key(prompt, i), []).append(i)
-    return groups
-
-
-def prefix_key(prompt: str, index: int) -> str:
-    """What ``prompt`` (at ``index`` in its call) shares with the other type
-    queries of its passage: the text before its last question turn."""
-    cut = prompt.rfind(f"{SEP2}{USER}: ")
-    return prompt[: cut + len(SEP2)] if cut >= 0 else f"\0{index}"
 
 
 @uniner_models("spacy_uniner.HFStudent.v1")

@@ -31,8 +31,9 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from ..credentials import Secret, openai_client, public_url, short
 from ..default_student import resolve_model
 from ..parsing import STOP_MARKER
 from ..passages import word_offsets
@@ -42,27 +43,11 @@ from .base import Generation, finish_reply
 logger = logging.getLogger("spacy_uniner")
 
 WORDS = "words"  # tokenizer setting: measure windows in words and punctuation
-_LOCAL_PLACEHOLDER_KEY = "sk-no-key"  # what the openai client gets when no key is set
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class StudentServerError(RuntimeError):
     """The completions server gave no usable answer after all attempts."""
-
-
-def _public_url(url: str) -> str:
-    """``url`` without a password, should one be embedded in it."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _short(text: Any, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class PendingReplies:
@@ -92,9 +77,33 @@ class PendingReplies:
             future.cancel()
 
 
+@uniner_models("spacy_uniner.OpenAIStudent.v1")
 class OpenAIStudent:
-    """Ask an OpenAI-compatible completions server; replies in prompt order."""
+    """``spacy_uniner.OpenAIStudent.v1``: a student behind an OpenAI-compatible
+    completions server, e.g. vLLM serving
+    ``Universal-NER/UniNER-7B-type`` (``vllm serve Universal-NER/UniNER-7B-type``).
 
+    model (str): the model name the server serves (``GET /v1/models``).
+    base_url (str): the server's API root, e.g. "http://127.0.0.1:8000/v1".
+    api_key_env (Optional[str]): the environment variable holding the API key;
+        a server without a key (vLLM without --api-key) needs none. The key is
+        never logged or written.
+    tokenizer (Optional[str]): the HF tokenizer (folder or hub id) that measures
+        the component's windows; "default" is the default student's. If None,
+        ``model`` is used when transformers finds it locally (a folder or the HF
+        cache), else windows are measured in words and punctuation (with a
+        warning; "words" picks that measure quietly).
+    allow_download (bool): let transformers fetch a tokenizer hub id that is not cached.
+    max_tokens (int): the longest reply.
+    batch_size (int): prompts per request; the server must take a list of
+        prompts (vLLM does), else one per request is sent after the first refusal.
+    concurrency (int): requests in flight at once.
+    timeout (float): seconds per attempt.
+    max_attempts (int): attempts per request, retries on 408/409/429/5xx,
+        timeouts and connection errors included.
+    logprobs (bool): ask for token log-probabilities, which give the spans'
+        scores (else every span scores 1.0).
+    """
     # nlp.pipe keeps this many batches submitted besides the one whose replies it reads
     lookahead = 1
 
@@ -159,14 +168,14 @@ class OpenAIStudent:
 
     def __repr__(self) -> str:
         return (
-            f"OpenAIStudent({self.model!r}, base_url={_public_url(self.base_url)!r}, "
+            f"OpenAIStudent({self.model!r}, base_url={public_url(self.base_url)!r}, "
             f"tokenizer={self.tokenizer_name!r})"
         )
 
     @property
     def endpoint(self) -> str:
         """The completions URL, as named in errors and logs."""
-        return _public_url(self.base_url) + "/completions"
+        return public_url(self.base_url) + "/completions"
 
     # The client -----------------------------------------------------------------
 
@@ -174,22 +183,8 @@ class OpenAIStudent:
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                try:
-                    import openai
-                except ImportError as err:
-                    raise ImportError(
-                        "spacy_uniner.OpenAIStudent.v1 needs the openai package: "
-                        "pip install 'spacy-uniner[openai]'"
-                    ) from err
-                from ..credentials import Secret
-
                 key = Secret.from_env(self.api_key_env) if self.api_key_env else Secret(None)
-                self._client = openai.OpenAI(
-                    api_key=key.get() or _LOCAL_PLACEHOLDER_KEY,
-                    base_url=self.base_url,
-                    max_retries=self.max_attempts - 1,
-                    timeout=self.timeout,
-                )
+                self._client = openai_client(key, self.base_url, self.max_attempts, self.timeout)
             return self._client
 
     def load(self) -> "OpenAIStudent":
@@ -287,7 +282,7 @@ class OpenAIStudent:
         try:
             response = self._create(prompts)
         except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
-            reason = f"HTTP {err.status_code}: {_short(err.message)}"
+            reason = f"HTTP {err.status_code}: {short(err.message)}"
         else:
             if not isinstance(getattr(response, "choices", None), list):
                 return [self._malformed() for _ in prompts]
@@ -313,7 +308,7 @@ class OpenAIStudent:
             response = self._create(prompt)
         except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
             raise StudentServerError(
-                f"{self.endpoint} answered HTTP {err.status_code}: {_short(err.message)}"
+                f"{self.endpoint} answered HTTP {err.status_code}: {short(err.message)}"
             ) from None
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
@@ -347,7 +342,7 @@ class OpenAIStudent:
             retried = err.status_code in (408, 409, 429) or err.status_code >= 500
             raise StudentServerError(
                 f"{self.endpoint} answered HTTP {err.status_code}"
-                f"{f' after {attempts}' if retried else ''}: {_short(err.message)}"
+                f"{f' after {attempts}' if retried else ''}: {short(err.message)}"
             ) from None
         except openai.APITimeoutError:
             raise StudentServerError(
@@ -355,7 +350,7 @@ class OpenAIStudent:
             ) from None
         except openai.APIConnectionError as err:
             raise StudentServerError(
-                f"Could not connect to {self.endpoint} ({attempts}): {_short(err.__cause__ or err)}"
+                f"Could not connect to {self.endpoint} ({attempts}): {short(err.__cause__ or err)}"
             ) from None
         except json.JSONDecodeError as err:  # a body that claims to be JSON and is not
             logger.warning("%s sent a body that is not JSON: %s", self.endpoint, err)
@@ -398,7 +393,7 @@ class OpenAIStudent:
         Path(path).mkdir(parents=True, exist_ok=True)
         settings = {
             "model": self.model,
-            "base_url": _public_url(self.base_url),
+            "base_url": public_url(self.base_url),
             "api_key_env": self.api_key_env,
             "tokenizer": self.tokenizer_name,
             "max_tokens": self.max_tokens,
@@ -409,56 +404,3 @@ class OpenAIStudent:
             "logprobs": self.logprobs,
         }
         (Path(path) / "student.json").write_text(json.dumps(settings, indent=2))
-
-
-@uniner_models("spacy_uniner.OpenAIStudent.v1")
-def make_openai_student_v1(
-    model: str,
-    base_url: str = "http://127.0.0.1:8000/v1",
-    api_key_env: Optional[str] = "OPENAI_API_KEY",
-    tokenizer: Optional[str] = None,
-    allow_download: bool = False,
-    max_tokens: int = 96,
-    batch_size: int = 16,
-    concurrency: int = 8,
-    timeout: float = 60.0,
-    max_attempts: int = 4,
-    logprobs: bool = True,
-) -> OpenAIStudent:
-    """A student behind an OpenAI-compatible completions server, e.g. vLLM serving
-    ``Universal-NER/UniNER-7B-type`` (``vllm serve Universal-NER/UniNER-7B-type``).
-
-    model (str): the model name the server serves (``GET /v1/models``).
-    base_url (str): the server's API root, e.g. "http://127.0.0.1:8000/v1".
-    api_key_env (Optional[str]): the environment variable holding the API key;
-        a server without a key (vLLM without --api-key) needs none. The key is
-        never logged or written.
-    tokenizer (Optional[str]): the HF tokenizer (folder or hub id) that measures
-        the component's windows; "default" is the default student's. If None,
-        ``model`` is used when transformers finds it locally (a folder or the HF
-        cache), else windows are measured in words and punctuation (with a
-        warning; "words" picks that measure quietly).
-    allow_download (bool): let transformers fetch a tokenizer hub id that is not cached.
-    max_tokens (int): the longest reply.
-    batch_size (int): prompts per request; the server must take a list of
-        prompts (vLLM does), else one per request is sent after the first refusal.
-    concurrency (int): requests in flight at once.
-    timeout (float): seconds per attempt.
-    max_attempts (int): attempts per request, retries on 408/409/429/5xx,
-        timeouts and connection errors included.
-    logprobs (bool): ask for token log-probabilities, which give the spans'
-        scores (else every span scores 1.0).
-    """
-    return OpenAIStudent(
-        model,
-        base_url,
-        api_key_env=api_key_env,
-        tokenizer=tokenizer,
-        allow_download=allow_download,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        logprobs=logprobs,
-    )

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
+from ..prompts import prefix_key
+from ..ray_session import start_ray
 from ..registry import uniner_models
 from .base import Generation, Student
-from .hf import make_hf_student_v1, make_hf_student_v2, prefix_key
+from .hf import make_hf_student_v1, make_hf_student_v2
 
 logger = logging.getLogger("spacy_uniner")
 
@@ -114,12 +116,31 @@ class PendingGenerations:
         self.cancelled = True
 
 
+@uniner_models("spacy_uniner.RayStudent.v2")
 class RayStudent:
-    """A student run by ``num_actors`` Ray actors; see the module docstring."""
+    """``spacy_uniner.RayStudent.v2``: the student in a pool of Ray actors (see the
+    module docstring); the pipeline stays in this process.
+
+    student (Optional[Student]): the student each actor runs, a nested block
+        (``[components.universal_ner.model.student]``, e.g.
+        ``spacy_uniner.HFStudent.v2`` with ``device = "cuda"`` to use the actor's
+        ``num_gpus``); None: ``spacy_uniner.HFStudent.v2`` with its defaults. It
+        is built here (an HFStudent loads no weights until asked) and a pickled
+        copy goes to every actor.
+    num_actors (int): actors in the pool.
+    num_gpus (float): GPUs per actor (fractions share a GPU).
+    num_cpus (float): CPUs per actor.
+    chunk_size (int): prompts per request to an actor (more where a passage's
+        type queries would otherwise be split).
+    max_in_flight (int): requests queued on each actor at a time.
+    max_retries (int): how often a chunk is sent again after its actor died.
+    address (Optional[str]): the Ray cluster to join if Ray is not started yet
+        (default: ``$RAY_ADDRESS``, else a local Ray).
+    """
 
     def __init__(
         self,
-        student: Student,
+        student: Optional[Student] = None,
         *,
         num_actors: int = 2,
         num_gpus: float = 0.0,
@@ -136,7 +157,8 @@ class RayStudent:
             )
         if num_gpus < 0 or num_cpus < 0:
             raise ValueError(f"num_gpus and num_cpus must be >= 0, got {num_gpus} and {num_cpus}")
-        self.student = student  # its tokenizer cuts the windows here; copies run in the actors
+        # Its tokenizer cuts the windows here; copies run in the actors.
+        self.student = make_hf_student_v2() if student is None else student
         self.num_actors = num_actors
         self.num_gpus = num_gpus
         self.num_cpus = num_cpus
@@ -177,12 +199,7 @@ class RayStudent:
 
         if self._actors:
             return self
-        if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS") or None
-            if address is None:
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-                os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-            ray.init(address=address, include_dashboard=False)
+        start_ray(self.address)
         self._actor_class = ray.remote(
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=0
         )(_StudentActor)
@@ -337,47 +354,6 @@ class RayStudent:
             self.student.to_disk(path)
 
 
-@uniner_models("spacy_uniner.RayStudent.v2")
-def make_ray_student_v2(
-    student: Optional[Student] = None,
-    num_actors: int = 2,
-    num_gpus: float = 0.0,
-    num_cpus: float = 1.0,
-    chunk_size: int = 16,
-    max_in_flight: int = 2,
-    max_retries: int = 2,
-    address: Optional[str] = None,
-) -> RayStudent:
-    """The student in a pool of Ray actors; the pipeline stays in this process.
-
-    student (Optional[Student]): the student each actor runs, a nested block
-        (``[components.universal_ner.model.student]``, e.g.
-        ``spacy_uniner.HFStudent.v2`` with ``device = "cuda"`` to use the actor's
-        ``num_gpus``); None: ``spacy_uniner.HFStudent.v2`` with its defaults. It
-        is built here (an HFStudent loads no weights until asked) and a pickled
-        copy goes to every actor.
-    num_actors (int): actors in the pool.
-    num_gpus (float): GPUs per actor (fractions share a GPU).
-    num_cpus (float): CPUs per actor.
-    chunk_size (int): prompts per request to an actor (more where a passage's
-        type queries would otherwise be split).
-    max_in_flight (int): requests queued on each actor at a time.
-    max_retries (int): how often a chunk is sent again after its actor died.
-    address (Optional[str]): the Ray cluster to join if Ray is not started yet
-        (default: ``$RAY_ADDRESS``, else a local Ray).
-    """
-    return RayStudent(
-        make_hf_student_v2() if student is None else student,
-        num_actors=num_actors,
-        num_gpus=num_gpus,
-        num_cpus=num_cpus,
-        chunk_size=chunk_size,
-        max_in_flight=max_in_flight,
-        max_retries=max_retries,
-        address=address,
-    )
-
-
 @uniner_models("spacy_uniner.RayStudent.v1")
 def make_ray_student_v1(
     name: str = "default",
@@ -405,7 +381,7 @@ def make_ray_student_v1(
     common_prefix: bool = True,
     prefill_attention: str = "auto",
 ) -> RayStudent:
-    """:func:`make_ray_student_v2` with the HFStudent.v1 settings written out
+    """:class:`RayStudent` (``spacy_uniner.RayStudent.v2``) with the HFStudent.v1 settings written out
     flat (kept so that older configs load; new configs nest a student block).
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
@@ -428,7 +404,7 @@ def make_ray_student_v1(
                 f"RayStudent: give either a student block or HF settings, not both "
                 f"(set: {', '.join(changed)})"
             )
-    return make_ray_student_v2(
+    return RayStudent(
         student,
         num_actors=num_actors,
         num_gpus=num_gpus,

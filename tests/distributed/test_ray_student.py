@@ -9,7 +9,7 @@ import spacy
 
 from spacy_uniner import prompts
 from spacy_uniner.models.hf import HFStudent
-from spacy_uniner.models.ray_student import RayStudent, make_ray_student_v1, make_ray_student_v2
+from spacy_uniner.models.ray_student import RayStudent, make_ray_student_v1
 from spacy_uniner.testing import ScriptedStudent
 
 from .conftest import (
@@ -122,7 +122,7 @@ def test_tiny_model_gives_identical_generations(ray_cluster, tiny_model_dir):
     settings = dict(max_new_tokens=6, batch_size=8, threads=1)
     local = HFStudent(str(tiny_model_dir), **settings).generate(queries)
     # one chunk: the same batches as in-process, so bit-identical log-probabilities
-    student = make_ray_student_v2(
+    student = RayStudent(
         HFStudent(str(tiny_model_dir), **settings), num_actors=2, chunk_size=len(queries)
     )
     try:
@@ -161,5 +161,5 @@ def test_settings_are_checked(tiny_model_dir):
     assert isinstance(pooled.student, HFStudent) and pooled.student.max_new_tokens == 7
     assert pooled.num_actors == 3 and pooled.actors == []
     assert "[components.universal_ner.model.student]" in nlp.config.to_str()
-    default = make_ray_student_v2().student
+    default = RayStudent().student
     assert default.name == "default" and default.grounded is True

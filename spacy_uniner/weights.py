@@ -1,6 +1,7 @@
-"""Student weights inside a saved pipeline (``universal_ner`` with ``bundle_weights = true``).
+"""Where a student's weights come from: model sources and their checks, the
+settings recorded beside an adapter, and weights bundled into a saved pipeline.
 
-Where a loaded pipeline finds its student's weights:
+A loaded pipeline finds its student's weights here:
 
 1. ``<pipeline>/universal_ner/weights/``, written by ``nlp.to_disk`` when the
    component has ``bundle_weights = true``: ``base/`` (a Hugging Face model
@@ -25,12 +26,62 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..default_student import BASE_MODEL, DEFAULT_MODEL
+from .default_student import BASE_MODEL, DEFAULT_MODEL
 
 logger = logging.getLogger("spacy_uniner")
 
 MANIFEST = "weights.json"
 BUILT_IN_BASES = (DEFAULT_MODEL, BASE_MODEL)
+
+
+def check_model_source(name: str, allow_download: bool) -> None:
+    """Raise a clear error, naming ``name``, for a student model that cannot
+    load: a local path that does not exist or holds no ``config.json``, or (with
+    downloads off) a hub id that is not in the local Hugging Face cache."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"Student model {name!r} is not a Hugging Face model folder (no config.json)"
+            )
+        return
+    if name.startswith((".", "/", "~")) or name.strip("/").count("/") != 1:
+        raise FileNotFoundError(f"Student model folder {name!r} does not exist")
+    if allow_download:
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise FileNotFoundError(
+            f"Student model {name!r} is neither a local folder nor in the local Hugging Face "
+            f"cache ({HF_HUB_CACHE}), and downloads are off: give a local folder, or set "
+            f"allow_download = true to fetch the hub id"
+        )
+
+
+def damaged_weights(folder: str) -> Optional[str]:
+    """A message naming the first unreadable ``*.safetensors`` file in ``folder``, if any."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as err:
+            return f"{path} is unreadable (truncated or damaged?): {err}"
+    return None
+
+
+def adapter_settings(adapter: Optional[str]) -> Dict[str, Any]:
+    """Inference settings recorded beside an adapter (``uniner_student.json``), if any."""
+    path = Path(adapter) / "uniner_student.json" if adapter else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"Unreadable student settings {path}: {err}") from err
 
 
 def weights_owner(model: Any) -> Optional[Any]:
