@@ -46,8 +46,25 @@ def _sample(metrics: Dict[str, Any]) -> str:
     return f"passages per set: {passages} (seed {metrics['run'].get('seed')})"
 
 
+def _interval(metrics: Dict[str, Any]) -> List[str]:
+    """The line giving the average strict F1's bootstrap interval, if it was computed."""
+    ci = metrics.get("averages", {}).get("overall", {}).get("strict_ci95")
+    if not ci:
+        return []
+    return [f"Average strict span F1, 95% bootstrap interval (passages resampled within each "
+            f"set): {100 * ci[0]:.1f} to {100 * ci[1]:.1f}.", ""]
+
+
+def _precision_recall(metrics: Dict[str, Any], title: str) -> str:
+    cells = [f"{100 * (r.get('strict') or {}).get('p', 0.0):.0f} / "
+             f"{100 * (r.get('strict') or {}).get('r', 0.0):.0f}"
+             for r in metrics["datasets"].values()]
+    return f"| {title}: strict precision / recall | " + " | ".join(cells) + " | |"
+
+
 def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
-               dev_eval: Optional[Path] = None, calibration: Optional[Path] = None) -> str:
+               dev_eval: Optional[Path] = None, calibration: Optional[Path] = None,
+               previous_eval: Optional[Path] = None) -> str:
     record = json.loads((run / "uniner_training.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = record["config"]
@@ -99,7 +116,9 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             "",
             *_table_head(columns),
             _avg_rows(dev, "distilled"),
+            _precision_recall(dev, "distilled"),
             "",
+            *_interval(dev),
         ]
     elif swept is not None:  # the sweep's chosen row is the dev suite at that bias
         best = swept["best"]
@@ -133,16 +152,26 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
     if eval_dir is not None:
         distilled = json.loads((eval_dir / "metrics.json").read_text())
         columns = list(distilled["datasets"])
+        base = json.loads((base_eval / "metrics.json").read_text()) if base_eval else None
         parts += [
             "## Zero-shot results (F1 x 100; reported, never used to choose)",
-            f"{_sample(distilled)}; max_new_tokens "
-            f"{distilled['run']['model'].get('max_new_tokens')}.",
+            f"distilled: {_sample(distilled)}"
+            + (f"; base: {_sample(base)}" if base else "") + ".",
             "",
             *_table_head(columns),
         ]
-        if base_eval is not None:
-            parts.append(_avg_rows(json.loads((base_eval / "metrics.json").read_text()), "base"))
-        parts += [_avg_rows(distilled, "distilled"), ""]
+        if base is not None:
+            parts.append(_avg_rows(base, "base"))
+        parts += [_avg_rows(distilled, "distilled"), _precision_recall(distilled, "distilled")]
+        previous = json.loads((previous_eval / "metrics.json").read_text()) if previous_eval else None
+        if previous is not None:
+            parts += [_avg_rows(previous, "previous default"),
+                      _precision_recall(previous, "previous default")]
+        parts += ["", *_interval(distilled)]
+        if previous is not None:
+            parts += [f"Previous default ({_sample(previous)}), "
+                      + _interval(previous)[0][0].lower() + _interval(previous)[0][1:]
+                      if _interval(previous) else "", ""]
     if eval_dir is None:
         parts += [
             "## Zero-shot results",
@@ -168,6 +197,8 @@ def main(
     base_eval: Optional[Path] = typer.Option(None, help="eval.benchmark output of the base model."),
     dev_eval: Optional[Path] = typer.Option(None, help="eval.benchmark --suite dev output of the run."),
     calibration: Optional[Path] = typer.Option(None, help="eval.calibrate output of the run."),
+    previous_eval: Optional[Path] = typer.Option(
+        None, help="eval.benchmark output of the default this adapter replaces (rows beside it)."),
 ) -> None:
     """Copy the adapter into the package and write its model card."""
     adapter = run / "adapter"
@@ -184,7 +215,8 @@ def main(
         shutil.copy2(adapter / SETTINGS, dest / SETTINGS)
     else:
         (dest / SETTINGS).unlink(missing_ok=True)
-    (dest / "README.md").write_text(model_card(run, base_eval, eval_dir, dev_eval, calibration))
+    (dest / "README.md").write_text(model_card(run, base_eval, eval_dir, dev_eval, calibration,
+                                                      previous_eval))
     typer.echo(f"shipped {size:.1f} MB adapter to {dest}")
 
 

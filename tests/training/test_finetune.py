@@ -116,6 +116,24 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     card = (dest / "README.md").read_text()
     assert "at the calibrated empty_bias 1.5; passages per set: conll2003-dev 200." in card
     assert "| distilled: partial-match F1 | 60.0 | 60.0 |" in card
+    # zero-shot rows with precision / recall and the interval, beside the previous default's
+    for name, f, ci in (("zs", 0.3, [0.25, 0.35]), ("prev", 0.2, [0.15, 0.26])):
+        (tmp_path / name).mkdir()
+        ai = {"strict": {"f": f, "p": 0.1, "r": 0.6}, "partial": {"f": f}, "uniner": {"f": f},
+              "counts": {"passages": 200}}
+        (tmp_path / name / "metrics.json").write_text(json.dumps({
+            "run": {"seed": 0}, "datasets": {"AI": ai},
+            "averages": {"overall": {"strict": f, "strict_ci95": ci}}}))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--eval",
+                                      str(tmp_path / "zs"), "--previous-eval",
+                                      str(tmp_path / "prev")])
+    assert result.exit_code == 0, result.output
+    card = (dest / "README.md").read_text()
+    assert "| distilled: strict span F1 | 30.0 | 30.0 |" in card
+    assert "| previous default: strict span F1 | 20.0 | 20.0 |" in card
+    assert "| distilled: strict precision / recall | 10 / 60 | |" in card
+    assert "95% bootstrap interval (passages resampled within each set): 25.0 to 35.0." in card
+    assert "15.0 to 26.0" in card and "AI 200" in card
     result = CliRunner(env={"COLUMNS": "400"}).invoke(
         app, ["--run", str(tmp_path / "nothing"), "--dest", str(dest)])
     assert result.exit_code == 2 and "train a LoRA run first" in result.output
