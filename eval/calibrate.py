@@ -8,8 +8,10 @@
 token by that many nats: higher finds more (recall), lower answers ``[]`` more
 often (precision). One student run scores every bias in ``--biases``
 (spacy_uniner.evaluation.calibration); the one with the best average strict F1 wins.
-``--write`` records it beside the adapter (``uniner_student.json``), where
-``empty_bias = null`` (the default) picks it up. Never calibrate on the
+It also sweeps the component's ``multi_label`` (every type the student gives a
+span, or only its best-scoring one; ``--no-multi-label`` keeps it as configured).
+``--write`` records the choice beside the adapter (``uniner_student.json``), where
+``empty_bias = null`` and ``multi_label = null`` (the defaults) pick it up. Never calibrate on the
 zero-shot test suite (CrossNER, MIT): it only reports.
 """
 
@@ -41,6 +43,10 @@ def main(
                                                    5.0))), help="comma-separated nats to try"),
     grounded: bool = typer.Option(True, "--grounded/--free",
                                   help="grounded decoding (HFStudent.v2's default) or free"),
+    multi_label: bool = typer.Option(
+        True, "--multi-label/--no-multi-label",
+        help="also sweep the component's multi_label: every type the student gives a span, or "
+             "only its best-scoring one"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (dev suite)"),
@@ -74,27 +80,34 @@ def main(
     nlp = build_nlp(block, 256)
     total = sum(len(b.passages) for b in benches.values())
     with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar:
-        result = sweep_empty_bias(nlp, benches, values, progress=bar.update)
+        result = sweep_empty_bias(nlp, benches, values, progress=bar.update,
+                                  multi_labels=(True, False) if multi_label else ())
     result["model"] = block
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     names = list(benches)
     typer.echo(f"{result['passages']} passages, {result['queries']} queries; strict F1 x 100")
-    typer.echo("| empty_bias | " + " | ".join(names) + " | average | partial | UniNER string |")
-    typer.echo("|---:|" + "---:|" * (len(names) + 3))
+    typer.echo("| empty_bias | types per span | " + " | ".join(names)
+               + " | average | partial | UniNER string |")
+    typer.echo("|---:|---|" + "---:|" * (len(names) + 3))
     for row in result["rows"]:
         cells = [f"{100 * row['per_set'][n]['strict_f']:.1f}" for n in names]
-        typer.echo(f"| {row['empty_bias']:g} | " + " | ".join(cells)
+        per_span = {True: "all", False: "best"}.get(row.get("multi_label"), "as configured")
+        typer.echo(f"| {row['empty_bias']:g} | {per_span} | " + " | ".join(cells)
                    + f" | {100 * row['strict_f']:.1f} | {100 * row['partial_f']:.1f}"
                    f" | {100 * row['uniner_f']:.1f} |")
     best = result["best"]["empty_bias"]
-    typer.echo(f"best empty_bias: {best:g} (wrote {output})")
+    chosen = {"empty_bias": best}
+    if "multi_label" in result["best"]:
+        chosen["multi_label"] = result["best"]["multi_label"]
+    said = ", ".join(f"{k} = {json.dumps(v)}" for k, v in chosen.items())
+    typer.echo(f"best: {said} (wrote {output})")
     if write is not None:
         settings = json.loads(write.read_text(encoding="utf8")) if write.exists() else {}
-        settings.update({"empty_bias": best, "calibrated_on": names,
+        settings.update({**chosen, "calibrated_on": names,
                          "calibration_passages": result["passages"]})
         write.write_text(json.dumps(settings, indent=2) + "\n")
-        typer.echo(f"recorded empty_bias = {best:g} in {write}")
+        typer.echo(f"recorded {said} in {write}")
 
 
 if __name__ == "__main__":

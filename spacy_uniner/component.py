@@ -53,6 +53,7 @@ DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v2", "name": "
         "overwrite_ents": False,
         "ents_policy": "score",
         "threshold": 0.0,
+        "multi_label": None,
         "max_passage_tokens": 256,
         "window_overlap": 32,
         "dataset": None,
@@ -77,6 +78,7 @@ def make_universal_ner(
     overwrite_ents: bool,
     ents_policy: str,
     threshold: float,
+    multi_label: Optional[bool],
     max_passage_tokens: int,
     window_overlap: int,
     dataset: Optional[str],
@@ -98,6 +100,10 @@ def make_universal_ner(
         (highest score first, then longer), "longest" (longer first, then
         higher score) or "first" (earlier start first, then longer).
     threshold (float): spans scoring below this are not written anywhere.
+    multi_label (Optional[bool]): keep every type the student gives one span
+        (true), or only its best-scoring type (false). None: the student's
+        recorded choice (``multi_label`` in the adapter's ``uniner_student.json``,
+        chosen on the dev suite for the default student), else true.
     max_passage_tokens (int): the most student tokens per window.
     window_overlap (int): student tokens shared by consecutive windows.
     dataset (Optional[str]): dataset name for the dataset-specific template.
@@ -132,6 +138,7 @@ def make_universal_ner(
         overwrite_ents=overwrite_ents,
         ents_policy=ents_policy,
         threshold=threshold,
+        multi_label=multi_label,
         max_passage_tokens=max_passage_tokens,
         window_overlap=window_overlap,
         dataset=dataset,
@@ -140,6 +147,19 @@ def make_universal_ner(
         bundle_weights=bundle_weights,
         scorer=scorer,
     )
+
+
+def best_label_per_span(
+    scored: Dict[Tuple[int, int, str], float]
+) -> Dict[Tuple[int, int, str], float]:
+    """Of the types given to one (start, end), only the best-scoring one (ties: the
+    first label in alphabetical order)."""
+    best: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
+    for key in sorted(scored):
+        here = best.get(key[:2])
+        if here is None or scored[key] > scored[here]:
+            best[key[:2]] = key
+    return {key: scored[key] for key in best.values()}
 
 
 @dataclass
@@ -219,6 +239,7 @@ class UniversalNER(Pipe):
         overwrite_ents: bool = False,
         ents_policy: str = "score",
         threshold: float = 0.0,
+        multi_label: Optional[bool] = None,
         max_passage_tokens: int = 256,
         window_overlap: int = 32,
         dataset: Optional[str] = None,
@@ -257,6 +278,9 @@ class UniversalNER(Pipe):
         self.overwrite_ents = overwrite_ents
         self.ents_policy = ents_policy
         self.threshold = threshold
+        if multi_label is not None and not isinstance(multi_label, bool):
+            raise ValueError(f"multi_label must be true, false or null, got {multi_label!r}")
+        self.multi_label = multi_label
         self.max_passage_tokens = max_passage_tokens
         self.window_overlap = window_overlap
         self.dataset = dataset
@@ -478,12 +502,23 @@ class UniversalNER(Pipe):
                     continue
                 key = (span.start, span.end, label)
                 best[key] = max(score, best.get(key, 0.0))
+            if not self.keeps_every_label:
+                best = best_label_per_span(best)
             keys = sorted(best)
             self._add_to_group(doc, keys, best)
             if self.write_ents:
                 self._write_ents(doc, [(k, best[k]) for k in keys])
             if self.store_replies:
                 doc.user_data[self.name] = {"replies": pred.replies, "stats": dict(pred.stats)}
+
+    @property
+    def keeps_every_label(self) -> bool:
+        """Whether a span keeps every type the student gave it (``multi_label``,
+        else the student's recorded choice, else true)."""
+        if self.multi_label is not None:
+            return self.multi_label
+        recorded = getattr(self.model, "settings", None) or {}
+        return bool(recorded.get("multi_label", True))
 
     def _add_to_group(
         self, doc: Doc, keys: List[Tuple[int, int, str]], best: Dict[Tuple[int, int, str], float]

@@ -66,6 +66,37 @@ def test_same_mention_under_two_types_keeps_both_spans_one_ent():
     assert scores == pytest.approx({"city": 0.9, "location": 0.6})
 
 
+def test_multi_label_false_keeps_the_best_type_of_each_span_only():
+    replies = {"city": '["London", "Paris"]', "location": '["London"]', "person": '["Paris"]'}
+    scores = {"city": 0.6, "location": 0.9, "person": 0.3}
+    nlp = make_nlp(replies, labels=["city", "location", "person"], scores=scores,
+                   multi_label=False)
+    doc = nlp("From London to Paris.")
+    assert sorted(spans(doc)) == [("London", "location"), ("Paris", "city")]
+    assert doc.spans["universal_ner"].attrs["scores"] == pytest.approx([0.9, 0.6])
+    # true (and null with a student that records nothing) keep every type
+    for setting in (True, None):
+        doc = make_nlp(replies, labels=["city", "location", "person"], scores=scores,
+                       multi_label=setting)("From London to Paris.")
+        assert len(doc.spans["universal_ner"]) == 4
+
+
+def test_multi_label_null_takes_the_students_recorded_choice():
+    nlp = make_nlp({"city": '["London"]', "location": '["London"]'},
+                   labels=["city", "location"], scores={"city": 0.9, "location": 0.6})
+    pipe = nlp.get_pipe("universal_ner")
+    pipe.model.settings = {"multi_label": False}  # as HFStudent reads uniner_student.json
+    assert spans(nlp("London.")) == [("London", "city")]
+    pipe.multi_label = True  # the component's own setting wins
+    assert len(nlp("London.").spans["universal_ner"]) == 2
+    with pytest.raises(ValueError, match="multi_label"):  # the config names the setting
+        make_nlp({}, multi_label="no")
+    from spacy_uniner.component import UniversalNER
+
+    with pytest.raises(ValueError, match="multi_label must be true, false or null, got 'no'"):
+        UniversalNER(nlp.vocab, pipe.model, multi_label="no")
+
+
 @pytest.mark.parametrize(
     "policy,expected",
     [

@@ -50,29 +50,36 @@ def sweep_empty_bias(
     pipe_name: str = "universal_ner",
     batch_size: int = 4,
     progress: Any = None,
+    multi_labels: Sequence[bool] = (),
 ) -> Dict[str, Any]:
-    """Strict, partial and UniNER-string F1 of every bias on every benchmark.
+    """Strict, partial and UniNER-string F1 of every bias on every benchmark
+    (and, with ``multi_labels``, of every bias with each of those ``multi_label``
+    settings of the component: one type per span or all of them).
 
     nlp: a pipeline whose ``pipe_name`` component (store_replies on) runs an
         HFStudent; its student is swapped for a :class:`MarginReplay` for the
         sweep and put back after.
-    RETURNS: {"rows": [{"empty_bias", "strict_f", "partial_f", "uniner_f",
-        "per_set": {name: {...}}}], "best": the row with the highest average
-        strict F1 (the smallest bias among ties), "passages", "queries"}.
+    RETURNS: {"rows": [{"empty_bias", "multi_label" (with multi_labels),
+        "strict_f", "partial_f", "uniner_f", "per_set": {name: {...}}}], "best":
+        the row with the highest average strict F1 (among ties the smallest bias,
+        then multi_label true), "passages", "queries"}.
     """
     from .runner import run_benchmark
 
     if not biases:
         raise ValueError("no biases to sweep")
     pipe = nlp.get_pipe(pipe_name)
-    student = pipe.model
+    student, setting = pipe.model, pipe.multi_label
     replay = MarginReplay(student)
     pipe.model = replay
     rows = []
+    grid = [(b, m) for b in sorted(set(biases)) for m in (list(dict.fromkeys(multi_labels))
+                                                          or [None])]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for n, bias in enumerate(sorted(set(biases))):
+            for n, (bias, multi) in enumerate(grid):
                 replay.bias = bias
+                pipe.multi_label = setting if multi is None else multi
                 per_set = {}
                 for name, bench in benches.items():
                     metrics = run_benchmark(
@@ -91,13 +98,14 @@ def sweep_empty_bias(
                     }
                 rows.append({
                     "empty_bias": bias,
+                    **({} if multi is None else {"multi_label": multi}),
                     **{key: statistics.mean(s[key] for s in per_set.values())
                        for key in ("strict_f", "partial_f", "uniner_f")},
                     "per_set": per_set,
                 })
     finally:
-        pipe.model = student
-    best = max(rows, key=lambda r: (r["strict_f"], -r["empty_bias"]))
+        pipe.model, pipe.multi_label = student, setting
+    best = max(rows, key=lambda r: (r["strict_f"], -r["empty_bias"], r.get("multi_label", True)))
     first = rows[0]["per_set"].values()
     return {
         "rows": rows,

@@ -83,8 +83,10 @@ class HFStudent:
             adapter = str(shipped) if shipped else None
         self.adapter = adapter
         self.prefix_sharing = prefix_sharing
+        # What was chosen for this adapter on the dev suite (uniner_student.json).
+        self.settings: Dict[str, Any] = adapter_settings(adapter)
         if empty_bias is None:
-            empty_bias = float(adapter_settings(adapter).get("empty_bias", 0.0))
+            empty_bias = float(self.settings.get("empty_bias", 0.0))
         self.empty_bias = empty_bias
         self.grounded = grounded
         self.num_parameters: Optional[int] = None  # known once loaded

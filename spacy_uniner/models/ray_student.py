@@ -188,6 +188,11 @@ class RayStudent:
         """The live actor handles (for inspection and tests)."""
         return list(self._actors)
 
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """What the student records beside its weights (``HFStudent.settings``)."""
+        return getattr(self.student, "settings", None) or {}
+
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
         return self.student.token_offsets(text)
 

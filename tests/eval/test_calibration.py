@@ -57,15 +57,25 @@ def test_calibrate_cli_sweeps_once_and_records_the_best(
     ])
     assert result.exit_code == 0, result.output
     swept = json.loads(out.read_text())
-    assert [r["empty_bias"] for r in swept["rows"]] == [-20, 0, 3, 20]
-    assert sum(calls) == swept["queries"] > 0  # every query asked once, whatever the biases
-    best = max(swept["rows"], key=lambda r: (r["strict_f"], -r["empty_bias"]))
+    # every bias with each multi_label setting
+    assert [(r["empty_bias"], r["multi_label"]) for r in swept["rows"]] == [
+        (b, m) for b in (-20, 0, 3, 20) for m in (True, False)]
+    assert sum(calls) == swept["queries"] > 0  # every query asked once, whatever the grid
+    best = max(swept["rows"],
+               key=lambda r: (r["strict_f"], -r["empty_bias"], r["multi_label"]))
     recorded = json.loads(settings.read_text())
     assert recorded["empty_bias"] == best["empty_bias"] and recorded["note"] == "kept"
+    assert recorded["multi_label"] == best["multi_label"]
     # bias -20: every answer is "[]", nothing is found
     assert swept["rows"][0]["strict_f"] == 0.0
-    assert "best empty_bias" in result.output
-    assert HFStudent(str(tiny_model_dir), adapter=str(tmp_path)).empty_bias == best["empty_bias"]
+    # one type per span never predicts more spans than every type
+    for every, one in zip(swept["rows"][::2], swept["rows"][1::2]):
+        for name, per in every["per_set"].items():
+            assert one["per_set"][name]["strict_p"] >= per["strict_p"] or per["strict_p"] == 0
+    assert "best: empty_bias = " in result.output and "multi_label = " in result.output
+    student = HFStudent(str(tiny_model_dir), adapter=str(tmp_path))
+    assert student.empty_bias == best["empty_bias"]
+    assert student.settings["multi_label"] == best["multi_label"]
 
     bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--dev", "--data", str(data)])
     assert bad.exit_code != 0 and "exactly one of --dev or --data" in bad.output
