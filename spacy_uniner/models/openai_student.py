@@ -129,12 +129,9 @@ class OpenAIStudent:
                 f"OpenAIStudent base_url must be an http(s) URL such as "
                 f"'http://127.0.0.1:8000/v1', got {base_url!r}"
             )
-        for name, value in (
-            ("max_tokens", max_tokens),
-            ("batch_size", batch_size),
-            ("concurrency", concurrency),
-            ("max_attempts", max_attempts),
-        ):
+        counts = dict(max_tokens=max_tokens, batch_size=batch_size, concurrency=concurrency,
+                      max_attempts=max_attempts)
+        for name, value in counts.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"OpenAIStudent {name} must be a positive integer, got {value!r}")
         if api_key_env is not None and not (

@@ -189,8 +189,7 @@ class RayStudent:
         return list(self._actors)
 
     @property
-    def settings(self) -> Dict[str, Any]:
-        """What the student records beside its weights (``HFStudent.settings``)."""
+    def settings(self) -> Dict[str, Any]:  # what the student records beside its weights
         return getattr(self.student, "settings", None) or {}
 
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
@@ -346,14 +345,8 @@ class RayStudent:
         import json
 
         Path(path).mkdir(parents=True, exist_ok=True)
-        settings = {
-            "num_actors": self.num_actors,
-            "num_gpus": self.num_gpus,
-            "num_cpus": self.num_cpus,
-            "chunk_size": self.chunk_size,
-            "max_in_flight": self.max_in_flight,
-            "student": repr(self.student),
-        }
+        names = ("num_actors", "num_gpus", "num_cpus", "chunk_size", "max_in_flight")
+        settings = {**{name: getattr(self, name) for name in names}, "student": repr(self.student)}
         (Path(path) / "ray_student.json").write_text(json.dumps(settings, indent=2))
         if hasattr(self.student, "to_disk"):
             self.student.to_disk(path)
