@@ -239,3 +239,21 @@ def test_bootstrap_interval():
     low3, high3 = bootstrap_interval([perfect * 10, half * 10])
     assert low3 < 0.75 < high3
     assert bootstrap_interval([perfect, None]) is None and bootstrap_interval([]) is None
+
+
+def test_cache_of_another_recorded_student_setting_is_refused(ai_slice, tmp_path):
+    """What an adapter records beside itself (empty_bias, multi_label) changes the
+    predictions, so a cache written under other recorded settings is not reused."""
+    from spacy_uniner.evaluation.benchmarks import load_benchmark
+    from spacy_uniner.evaluation.runner import run_benchmark
+
+    bench = load_benchmark(str(ai_slice), "uniner")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("universal_ner", config={"store_replies": True, "model": {
+        "@uniner_models": "test.ScriptedStudent.v1", "replies": {}}})
+    cache = tmp_path / "cache.jsonl"
+    run_benchmark(nlp, bench, cache, model_config={"name": "scripted"})
+    nlp.get_pipe("universal_ner").model.settings = {"multi_label": False}
+    with pytest.raises(ValueError, match="different model"):
+        run_benchmark(nlp, bench, cache, model_config={"name": "scripted"})
+    run_benchmark(nlp, bench, cache, model_config={"name": "scripted"}, overwrite=True)
