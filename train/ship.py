@@ -139,16 +139,34 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         parts.append("")
     if swept is not None:
         best = swept["best"]
-        tried = ", ".join(f"{r['empty_bias']:g}" for r in swept["rows"])
-        at_zero = next((r["strict_f"] for r in swept["rows"] if r["empty_bias"] == 0), None)
+        tried = ", ".join(dict.fromkeys(f"{r['empty_bias']:g}" for r in swept["rows"]))
+        multi = "multi_label" in best
+        chosen = f"`empty_bias` = {best['empty_bias']:g}" + (
+            f" and `multi_label` = {str(best['multi_label']).lower()}" if multi else "")
+
+        def strict_at(bias: float, multi_label: bool = True) -> Optional[float]:
+            return next((r["strict_f"] for r in swept["rows"] if r["empty_bias"] == bias
+                         and r.get("multi_label", True) == multi_label), None)
+
+        at_zero = strict_at(0)
         parts += [
             "## Calibration",
-            f"`empty_bias` = {best['empty_bias']:g} (recorded in `{SETTINGS}`), the best average "
-            f"strict F1 on the dev suite ({swept['passages']} passages, {swept['queries']} "
-            f"queries) among {tried}: {100 * best['strict_f']:.1f}"
-            + (f" (bias 0: {100 * at_zero:.1f})." if at_zero is not None else "."),
+            f"{chosen} (recorded in `{SETTINGS}`), the best average strict F1 on the dev suite "
+            f"({swept['passages']} passages, {swept['queries']} queries) among biases {tried}"
+            + (" each with every type per span kept (multi_label true) or only the best one"
+               if multi else "")
+            + f": {100 * best['strict_f']:.1f}"
+            + (f" (bias 0, every type kept: {100 * at_zero:.1f})." if at_zero is not None else "."),
             "",
         ]
+        if multi:
+            parts += ["| empty_bias | " + " | ".join(tried.split(", ")) + " |",
+                      "|---|" + "---:|" * len(tried.split(", "))]
+            for value, name in ((True, "every type per span"), (False, "best type per span")):
+                cells = [strict_at(float(b), value) for b in tried.split(", ")]
+                parts.append(f"| {name} | " + " | ".join(
+                    "-" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
+            parts.append("")
     if eval_dir is not None:
         distilled = json.loads((eval_dir / "metrics.json").read_text())
         columns = list(distilled["datasets"])

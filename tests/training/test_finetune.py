@@ -104,7 +104,21 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     card = (dest / "README.md").read_text()
     assert "| distilled: strict span F1 | 50.0 | 50.0 |" in card
     assert "pile-ner-dev 131" in card
-    assert "`empty_bias` = 1.5" in card and "among 0, 1.5: 50.0 (bias 0: 40.0)" in card
+    assert "`empty_bias` = 1.5" in card
+    assert "among biases 0, 1.5: 50.0 (bias 0, every type kept: 40.0)" in card
+    # a sweep with multi_label: the pair chosen, and a table of both settings
+    grid = [{"empty_bias": b, "multi_label": m, "strict_f": f}
+            for b, m, f in ((0.0, True, 0.4), (0.0, False, 0.45), (1.5, True, 0.5),
+                            (1.5, False, 0.55))]
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"rows": grid, "best": grid[3], "passages": 131, "queries": 199}))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--dev-eval",
+                                      str(dev), "--calibration", str(both)])
+    assert result.exit_code == 0, result.output
+    card = (dest / "README.md").read_text()
+    assert "`empty_bias` = 1.5 and `multi_label` = false" in card
+    assert "| every type per span | 40.0 | 50.0 |" in card
+    assert "| best type per span | 45.0 | 55.0 |" in card
     # without an evaluate-dev run, the dev table is the calibration's chosen row
     rows[1]["per_set"] = {"conll2003-dev": {"strict_f": 0.5, "partial_f": 0.6, "uniner_f": 0.4,
                                             "passages": 200}}
