@@ -32,9 +32,9 @@ from spacy.training import Example
 from . import prompts
 from .alignment import find_mentions
 from .models.base import Generation, Student
-from .weights import read_bundle, weights_owner, write_bundle
 from .parsing import parse_student_reply
 from .passages import make_windows
+from .weights import read_bundle, weights_owner, write_bundle
 
 logger = logging.getLogger("spacy_uniner")
 
