@@ -12,14 +12,14 @@ Rounds alternate the order of the ways; one warm-up first; medians reported.
 Answers are compared query by query with per_type (greedy decoding everywhere).
 Writes bench/results/prefix_sharing.json.
 
-    python bench/prefix_sharing.py [--passages 50] [--rounds 3] [--model default]
+    python bench/prefix_sharing.py [--passages 50] [--rounds 3] [--model default] [--adapter DIR]
 """
 
 import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import typer
 from machine import machine_info
@@ -32,6 +32,7 @@ def main(
     passages: int = typer.Option(50, help="Passages (seeded sample of the file)."),
     rounds: int = typer.Option(3, help="Timed rounds (median reported) after one warm-up."),
     model: str = typer.Option("default", help="Student model (as HFStudent `name`)."),
+    adapter: Optional[str] = typer.Option(None, help="A LoRA adapter folder over --model."),
     threads: int = typer.Option(2, help="torch threads, pinned."),
     max_new_tokens: int = typer.Option(64, help="Longest reply."),
     batch_size: int = typer.Option(16, help="Queries decoded together (every way)."),
@@ -49,7 +50,7 @@ def main(
     bench = load_uniner_json(data, limit=passages, seed=0)
     queries = [P.render_query(p.text, label) for p in bench.passages for label in bench.labels]
     student = HFStudent(model, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        threads=threads).load()
+                        threads=threads, adapter=adapter).load()
     tok = student.tokenizer
     ids = [tok(q)["input_ids"] for q in queries]
     full_tokens = sum(len(x) for x in ids)
@@ -96,6 +97,8 @@ def main(
     result = {
         "benchmark": "prefix_sharing",
         "model": model,
+        "adapter": student.adapter,
+        "empty_bias": student.empty_bias,
         "dataset": bench.name,
         "passages": n,
         "types": len(bench.labels),
