@@ -126,7 +126,9 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         parts += [
             "## Dev suite (F1 x 100; where every choice was made)",
             "Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions, at "
-            f"the calibrated empty_bias {best['empty_bias']:g}; passages per set: "
+            f"the calibrated empty_bias {best['empty_bias']:g}"
+            + (f", multi_label {str(best['multi_label']).lower()}" if "multi_label" in best else "")
+            + "; passages per set: "
             + ", ".join(f"{c} {best['per_set'][c]['passages']}" for c in columns) + ".",
             "",
             *_table_head(columns),
