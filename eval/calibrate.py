@@ -11,8 +11,8 @@ often (precision). One student run scores every bias in ``--biases``
 It also sweeps the component's ``multi_label`` (every type the student gives a
 span, or only its best-scoring one; ``--no-multi-label`` keeps it as configured).
 ``--write`` records the choice beside the adapter (``uniner_student.json``), where
-``empty_bias = null`` and ``multi_label = null`` (the defaults) pick it up. Never calibrate on the
-zero-shot test suite (CrossNER, MIT): it only reports.
+``empty_bias = null`` and ``multi_label = null`` (the defaults) pick it up. Never
+calibrate on the zero-shot test suite (CrossNER, MIT): it only reports.
 """
 
 import json

@@ -379,8 +379,9 @@ def make_ray_student_v1(
     common_prefix: bool = True,
     prefill_attention: str = "auto",
 ) -> RayStudent:
-    """:class:`RayStudent` (``spacy_uniner.RayStudent.v2``) with the HFStudent.v1 settings written out
-    flat (kept so that older configs load; new configs nest a student block).
+    """:class:`RayStudent` (``spacy_uniner.RayStudent.v2``) with the HFStudent.v1
+    settings written out flat (kept so that older configs load; new configs nest a
+    student block).
 
     name, device, dtype, max_new_tokens, batch_size, threads, allow_download,
         adapter, prefix_sharing, empty_bias: ``spacy_uniner.HFStudent.v1``'s
