@@ -46,12 +46,12 @@ def _sample(metrics: Dict[str, Any]) -> str:
     return f"passages per set: {passages} (seed {metrics['run'].get('seed')})"
 
 
-def _interval(metrics: Dict[str, Any]) -> List[str]:
+def _interval(metrics: Dict[str, Any], subject: str = "Average strict span F1") -> List[str]:
     """The line giving the average strict F1's bootstrap interval, if it was computed."""
     ci = metrics.get("averages", {}).get("overall", {}).get("strict_ci95")
     if not ci:
         return []
-    return [f"Average strict span F1, 95% bootstrap interval (passages resampled within each "
+    return [f"{subject}, 95% bootstrap interval (passages resampled within each "
             f"set): {100 * ci[0]:.1f} to {100 * ci[1]:.1f}.", ""]
 
 
@@ -141,7 +141,8 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         parts.append("")
     if swept is not None:
         best = swept["best"]
-        tried = ", ".join(dict.fromkeys(f"{r['empty_bias']:g}" for r in swept["rows"]))
+        biases = list(dict.fromkeys(r["empty_bias"] for r in swept["rows"]))
+        tried = ", ".join(f"{b:g}" for b in biases)
         multi = "multi_label" in best
         chosen = f"`empty_bias` = {best['empty_bias']:g}" + (
             f" and `multi_label` = {str(best['multi_label']).lower()}" if multi else "")
@@ -162,10 +163,10 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             "",
         ]
         if multi:
-            parts += ["| empty_bias | " + " | ".join(tried.split(", ")) + " |",
-                      "|---|" + "---:|" * len(tried.split(", "))]
+            parts += ["| empty_bias | " + " | ".join(f"{b:g}" for b in biases) + " |",
+                      "|---|" + "---:|" * len(biases)]
             for value, name in ((True, "every type per span"), (False, "best type per span")):
-                cells = [strict_at(float(b), value) for b in tried.split(", ")]
+                cells = [strict_at(b, value) for b in biases]
                 parts.append(f"| {name} | " + " | ".join(
                     "-" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
             parts.append("")
@@ -189,9 +190,8 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
                       _precision_recall(previous, "previous default")]
         parts += ["", *_interval(distilled)]
         if previous is not None:
-            parts += [f"Previous default ({_sample(previous)}), "
-                      + _interval(previous)[0][0].lower() + _interval(previous)[0][1:]
-                      if _interval(previous) else "", ""]
+            parts += _interval(previous, f"Previous default ({_sample(previous)}), average strict "
+                                         "span F1")
     if eval_dir is None:
         parts += [
             "## Zero-shot results",

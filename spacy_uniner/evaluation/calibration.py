@@ -73,8 +73,8 @@ def sweep_empty_bias(
     replay = MarginReplay(student)
     pipe.model = replay
     rows = []
-    grid = [(b, m) for b in sorted(set(biases)) for m in (list(dict.fromkeys(multi_labels))
-                                                          or [None])]
+    choices = list(dict.fromkeys(multi_labels)) or [None]  # None: as the component has it
+    grid = [(b, m) for b in sorted(set(biases)) for m in choices]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n, (bias, multi) in enumerate(grid):
