@@ -33,6 +33,11 @@ def main(
     adapter: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                            help="a LoRA adapter folder over --model"),
     dev: bool = typer.Option(False, "--dev", help="calibrate on the dev suite"),
+    wide: bool = typer.Option(
+        False, "--wide",
+        help="dev suite: choose on its wide condition (each BIO set also asked the other sets' "
+             "types, absent by their guidelines); the plain sets are scored beside it from the "
+             "same answers"),
     data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                         help="your own labelled file instead (uniner JSON or BIO)"),
     format: Format = typer.Option(Format.bio, "--format", help="format of --data"),
@@ -68,8 +73,16 @@ def main(
         values = [float(b) for b in biases.split(",") if b.strip()]
     except ValueError:
         raise typer.BadParameter(f"not a list of numbers: {biases!r}", param_hint="--biases")
+    if wide and not dev:
+        raise typer.BadParameter("--wide is a condition of the dev suite: give --dev too")
+    plain: list = []
     if dev:
-        benches = dev_suite(shared_data, limit=DEV_LIMIT if limit is None else limit, seed=seed)
+        size = DEV_LIMIT if limit is None else limit
+        benches = dev_suite(shared_data, limit=size, seed=seed, wide=wide)
+        if wide:  # the plain BIO sets: their queries are a subset of the wide sets'
+            plain = [name for name in dev_suite(shared_data, limit=1) if name not in benches]
+            benches.update({name: bench for name, bench in dev_suite(
+                shared_data, limit=size, seed=seed, columns=plain).items()})
     else:
         try:
             bench = load_benchmark(data, format.value, label_map=label_map, limit=limit, seed=seed)
@@ -81,12 +94,14 @@ def main(
     total = sum(len(b.passages) for b in benches.values())
     with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar:
         result = sweep_empty_bias(nlp, benches, values, progress=bar.update,
-                                  multi_labels=(True, False) if multi_label else ())
+                                  multi_labels=(True, False) if multi_label else (),
+                                  report_only=plain)
     result["model"] = block
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     names = list(benches)
-    typer.echo(f"{result['passages']} passages, {result['queries']} queries; strict F1 x 100")
+    typer.echo(f"{result['passages']} passages, {result['queries']} queries; strict F1 x 100"
+               + (f"; average of {', '.join(result['averaged'])}" if plain else ""))
     typer.echo("| empty_bias | types per span | " + " | ".join(names)
                + " | average | partial | UniNER string |")
     typer.echo("|---:|---|" + "---:|" * (len(names) + 3))
@@ -104,7 +119,7 @@ def main(
     typer.echo(f"best: {said} (wrote {output})")
     if write is not None:
         settings = json.loads(write.read_text(encoding="utf8")) if write.exists() else {}
-        settings.update({**chosen, "calibrated_on": names,
+        settings.update({**chosen, "calibrated_on": result["averaged"],
                          "calibration_passages": result["passages"]})
         write.write_text(json.dumps(settings, indent=2) + "\n")
         typer.echo(f"recorded {said} in {write}")

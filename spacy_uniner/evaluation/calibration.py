@@ -51,6 +51,7 @@ def sweep_empty_bias(
     batch_size: int = 4,
     progress: Any = None,
     multi_labels: Sequence[bool] = (),
+    report_only: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Strict, partial and UniNER-string F1 of every bias on every benchmark
     (and, with ``multi_labels``, of every bias with each of those ``multi_label``
@@ -63,11 +64,19 @@ def sweep_empty_bias(
         "strict_f", "partial_f", "uniner_f", "per_set": {name: {...}}}], "best":
         the row with the highest average strict F1 (among ties the smallest bias,
         then multi_label true), "passages", "queries"}.
+    report_only: names of ``benches`` scored in ``per_set`` but left out of the
+        averages, the choice and the counts (e.g. the plain dev sets beside their
+        wide versions, whose queries they share: the model answers each prompt once).
     """
     from .runner import run_benchmark
 
     if not biases:
         raise ValueError("no biases to sweep")
+    unknown = sorted(set(report_only) - set(benches))
+    if unknown or not set(benches) - set(report_only):
+        raise ValueError(f"report_only {list(report_only)} must name some, not all, of the "
+                         f"benchmarks {list(benches)}")
+    chosen = [name for name in benches if name not in report_only]
     pipe = nlp.get_pipe(pipe_name)
     student, setting = pipe.model, pipe.multi_label
     replay = MarginReplay(student)
@@ -99,17 +108,18 @@ def sweep_empty_bias(
                 rows.append({
                     "empty_bias": bias,
                     **({} if multi is None else {"multi_label": multi}),
-                    **{key: statistics.mean(s[key] for s in per_set.values())
+                    **{key: statistics.mean(per_set[name][key] for name in chosen)
                        for key in ("strict_f", "partial_f", "uniner_f")},
                     "per_set": per_set,
                 })
     finally:
         pipe.model, pipe.multi_label = student, setting
     best = max(rows, key=lambda r: (r["strict_f"], -r["empty_bias"], r.get("multi_label", True)))
-    first = rows[0]["per_set"].values()
+    first = rows[0]["per_set"]
     return {
         "rows": rows,
         "best": best,
-        "passages": sum(s["passages"] for s in first),
-        "queries": sum(s["queries"] for s in first),
+        "averaged": chosen,
+        "passages": sum(first[name]["passages"] for name in chosen),
+        "queries": sum(first[name]["queries"] for name in chosen),
     }

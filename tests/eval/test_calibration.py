@@ -79,3 +79,45 @@ def test_calibrate_cli_sweeps_once_and_records_the_best(
 
     bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--dev", "--data", str(data)])
     assert bad.exit_code != 0 and "exactly one of --dev or --data" in bad.output
+
+
+def test_calibrate_dev_wide_chooses_on_the_wide_sets_and_scores_the_plain_ones_free(
+    tiny_model_dir, shared_data, tmp_path, monkeypatch
+):
+    from eval.calibrate import app
+
+    asked = []
+    original = HFStudent.generate_with_margins
+    monkeypatch.setattr(HFStudent, "generate_with_margins",
+                        lambda self, ps: asked.extend(ps) or original(self, ps))
+    out = tmp_path / "wide.json"
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_model_dir), "--dev", "--wide", "--limit", "2",
+        "--biases", "0,20", "--no-multi-label", "--threads", "1", "--max-new-tokens", "4",
+        "--shared-data", str(shared_data), "--output", str(out), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    swept = json.loads(out.read_text())
+    assert swept["averaged"] == ["pile-ner-dev", "conll2003-dev-wide", "bc5cdr-dev-wide"]
+    row = swept["rows"][0]
+    assert set(row["per_set"]) == {*swept["averaged"], "conll2003-dev", "bc5cdr-dev"}
+    assert row["strict_f"] == pytest.approx(
+        sum(row["per_set"][n]["strict_f"] for n in swept["averaged"]) / 3)
+    # 2 passages x 5 types per wide set, the Pile passages' own types; the plain sets
+    # ask nothing new
+    assert swept["queries"] == 20 + row["per_set"]["pile-ner-dev"]["queries"]
+    assert len(asked) == len(set(asked)) <= swept["queries"]
+    assert "average of pile-ner-dev, conll2003-dev-wide, bc5cdr-dev-wide" in result.output
+
+    bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--wide", "--data",
+                                   str(out)])
+    assert bad.exit_code != 0 and "give --dev too" in bad.output
+
+
+def test_report_only_must_leave_something_to_choose_on():
+    from spacy_uniner.evaluation.calibration import sweep_empty_bias
+
+    with pytest.raises(ValueError, match="some, not all"):
+        sweep_empty_bias(None, {"a": None}, [0.0], report_only=["a"])
+    with pytest.raises(ValueError, match="some, not all"):
+        sweep_empty_bias(None, {"a": None}, [0.0], report_only=["b"])

@@ -107,6 +107,27 @@ def test_bio_dev_sets_are_plain_questions_over_grouped_sentences(suite, shared_d
     assert [p.id for p in again["conll2003-dev"].passages] == [p.id for p in conll.passages]
 
 
+def test_wide_dev_sets_ask_every_dev_type_with_empty_gold_for_the_foreign_ones(
+    suite, shared_data
+):
+    wide = dev_suite(shared_data, wide=True)
+    assert list(wide) == ["pile-ner-dev", "conll2003-dev-wide", "bc5cdr-dev-wide"]
+    assert [p.id for p in wide["pile-ner-dev"].passages] == [
+        p.id for p in suite["pile-ner-dev"].passages]  # per-passage types: unchanged
+    conll, bc5cdr = wide["conll2003-dev-wide"], wide["bc5cdr-dev-wide"]
+    assert conll.labels == ["person", "location", "organization", "chemical", "disease"]
+    assert bc5cdr.labels == ["chemical", "disease", "person", "location", "organization"]
+    for bench, plain in ((conll, suite["conll2003-dev"]), (bc5cdr, suite["bc5cdr-dev"])):
+        assert bench.stats["queries"] == 5 * len(bench.passages) == 5 * DEV_LIMIT
+        for p, q in zip(bench.passages, plain.passages):
+            assert (p.id, p.text, p.spans) == (q.id, q.text, q.spans)
+            assert {k: v for k, v in p.answers.items() if k in plain.labels} == q.answers
+            assert all(p.answers[k] == "[]" for k in bench.labels if k not in plain.labels)
+    # one set alone is still asked the other's types
+    alone = dev_suite(shared_data, limit=3, wide=True, columns=["bc5cdr-dev"])
+    assert list(alone) == ["bc5cdr-dev-wide"] and alone["bc5cdr-dev-wide"].labels == bc5cdr.labels
+
+
 def test_group_sentences_moves_spans_and_matches_training_text(shared_data, slice_bio):
     path = slice_bio(shared_data / "benchmarks/bio/crossner/conll2003/dev.txt", 10)
     sentences = load_bio(path, label_map="conll2003")
@@ -210,3 +231,10 @@ def test_dev_suite_default_limit_and_unknown_column(shared_data, tmp_path):
     bad = runner.invoke(app, ["--model-config", str(cfg), "--suite", "dev", "--only", "AI",
                               "--shared-data", str(shared_data), "--output", str(out)])
     assert bad.exit_code != 0 and "unknown columns" in bad.output
+
+
+def test_wide_is_refused_outside_the_dev_suite(tmp_path):
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"@uniner_models": "test.ScriptedStudent.v1", "replies": {}}))
+    result = runner.invoke(app, ["--model-config", str(cfg), "--suite", "zero-shot", "--wide"])
+    assert result.exit_code != 0 and "--wide is a condition of --suite dev" in result.output
