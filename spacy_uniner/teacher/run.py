@@ -24,7 +24,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..passages import Chunker, Passage
 from .cache import ReplyCache, cache_key
-from .client import Secret, TeacherConfig, estimate_request_tokens, worker_actors
+from .client import (
+    Secret,
+    TeacherConfig,
+    estimate_request_tokens,
+    spacy_teacher_types,
+    worker_actors,
+)
 from .corpus import (
     MAX_DOC_CHARS,
     MAX_FILE_BYTES,
@@ -98,6 +104,8 @@ def _schema():
             ("parsed", pa.bool_()),
             ("repairs", pa.list_(pa.string())),
             ("dropped", pa.struct([(reason, pa.int64()) for reason in DROP_REASONS])),
+            # a spaCy teacher's types (every one asked of every passage); null: open types
+            ("closed_types", pa.list_(pa.string())),
         ]
     )
 
@@ -266,13 +274,17 @@ def annotate(
     )
     passages = sample_passages(documents, chunker, options.num_passages, options.seed, report)
     name = teacher.teacher_name
+    # a spaCy teacher vouches for all its types; loading it here also fails early
+    closed_types = spacy_teacher_types(teacher.model) if teacher.backend == "spacy" else None
     keys = {p.hash: cache_key(name, prompt.fingerprint, p.hash) for p in passages}
     cache = ReplyCache(options.cache or out / CACHE_FILE)
     try:
         cached = cache.get_many(keys.values())
         todo = [p for p in passages if keys[p.hash] not in cached]
-        est_in = sum(estimate_request_tokens(prompt, p.text, 0) for p in todo)
-        est_out = len(todo) * (prompt.max_tokens or teacher.expected_completion_tokens)
+        est_in = est_out = 0
+        if closed_types is None:  # an LLM: requests cost tokens
+            est_in = sum(estimate_request_tokens(prompt, p.text, 0) for p in todo)
+            est_out = len(todo) * (prompt.max_tokens or teacher.expected_completion_tokens)
         est_cost = estimate_cost(est_in, est_out, options.price_in, options.price_out)
         echo(
             f"{len(passages)} passages sampled from {report.documents} documents; "
@@ -328,6 +340,7 @@ def annotate(
                 "parsed": filtered.parsed,
                 "repairs": filtered.repairs,
                 "dropped": {reason: int(filtered.drops.get(reason, 0)) for reason in DROP_REASONS},
+                "closed_types": closed_types,
             }
         )
     counted = entity_stats(rows)

@@ -157,7 +157,12 @@ def read_pile_ner(path: Union[str, Path]) -> List[LabelledPassage]:
 
 
 def read_teacher_rows(rows: Iterable[Dict]) -> List[LabelledPassage]:
-    """Rows of the annotate step (``id``/``passage_id``, ``text``, ``entities`` as (mention, type))."""
+    """Rows of the annotate step (``id``/``passage_id``, ``text``, ``entities`` as (mention, type)).
+
+    A row with ``closed_types`` (a spaCy teacher's) is asked exactly those types, as
+    plain questions: the teacher labels each of them, so an absent one is a negative
+    it vouches for, and no type is sampled from the open types it never looked for.
+    """
     out = []
     for n, row in enumerate(rows):
         pid = str(row.get("passage_id", row.get("id", n)))
@@ -173,7 +178,10 @@ def read_teacher_rows(rows: Iterable[Dict]) -> List[LabelledPassage]:
             mentions = positives.setdefault(label, [])
             if mention.strip() and mention not in mentions:
                 mentions.append(mention)
-        out.append(LabelledPassage(f"teacher-{pid}", row["text"], positives, "teacher"))
+        closed = row.get("closed_types")
+        out.append(LabelledPassage(f"teacher-{pid}", row["text"], positives,
+                                   "spacy-teacher" if closed else "teacher",
+                                   closed_types=list(closed) if closed else None))
     return out
 
 

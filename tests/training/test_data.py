@@ -164,6 +164,30 @@ def test_build_data_leaves_out_the_pile_dev_split_by_default(shared_data, tmp_pa
     assert stats_all["conversations"] == 882
 
 
+def test_teacher_passages_cut_from_pile_dev_passages_are_left_out(shared_data, tmp_path):
+    from datasets import load_from_disk
+
+    from spacy_uniner.evaluation.benchmarks import load_pile_ner_dev
+
+    pile_path = shared_data / "pile-ner" / "pile_ner_type_subset.jsonl"
+    dev_texts = [p.text for p in load_pile_ner_dev(pile_path).passages]
+    train_text = next(p.text for p in read_pile_ner(pile_path) if p.text not in dev_texts)
+    window = " ".join(dev_texts[0].split()[:12])  # a teacher window cut from a dev passage
+    rows = [{"passage_id": "a", "text": dev_texts[1], "entities": [["x", "thing"]]},
+            {"passage_id": "b", "text": window, "entities": []},
+            {"passage_id": "c", "text": train_text, "entities": [["y", "thing"]]},
+            {"passage_id": "d", "text": "Nothing from the Pile here.", "entities": []}]
+    teacher = tmp_path / "teacher.jsonl"
+    teacher.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, stats = _build(tmp_path, "--teacher", teacher, "--pile-ner", pile_path)
+    assert stats["pile_ner_split"]["teacher_passages_left_out"] == 2
+    ids = set(load_from_disk(str(out))["id"])
+    assert {"teacher-c", "teacher-d"} <= ids and not {"teacher-a", "teacher-b"} & ids
+    _, kept = _build(tmp_path / "all", "--teacher", teacher, "--pile-ner", pile_path,
+                     "--pile-split", "all")
+    assert kept["pile_ner_split"]["teacher_passages_left_out"] == 0
+
+
 def test_bio_sets_are_read_in_full(shared_data):
     conll = read_bio_passages(shared_data / CONLL_TRAIN, "CoNLL-2003", "conll2003")
     assert len(conll) == -(-14041 // 4) == 3511
