@@ -84,6 +84,10 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         "passages of 4 sentences (seeded sample), "
         f"{data.get('plain_bio_passages', 0)} of them asked as plain questions with natural type "
         "names, the rest with the dataset-specific template (`Dataset: {name}`).",
+        *([f"- A spaCy NER pipeline as a second teacher (`ray_jobs.annotate --teacher spacy:...`) "
+           f"on the same Pile passages: {data['by_source']['spacy-teacher']} windows, each asked "
+           "every type the pipeline labels."] if data.get("by_source", {}).get("spacy-teacher")
+          else []),
         f"- Pile-NER split: {(data.get('pile_ner_split') or {}).get('used', 'all')} "
         f"({(data.get('pile_ner_split') or {}).get('dev_passages_left_out', 0)} passages held out "
         "for the dev suite).",

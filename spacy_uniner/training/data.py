@@ -156,6 +156,10 @@ def read_pile_ner(path: Union[str, Path]) -> List[LabelledPassage]:
     return list(by_doc.values())
 
 
+#: The source of passages labelled by a spaCy pipeline (closed types, plain questions).
+SPACY_TEACHER = "spacy-teacher"
+
+
 def read_teacher_rows(rows: Iterable[Dict]) -> List[LabelledPassage]:
     """Rows of the annotate step (``id``/``passage_id``, ``text``, ``entities`` as (mention, type)).
 
@@ -180,7 +184,7 @@ def read_teacher_rows(rows: Iterable[Dict]) -> List[LabelledPassage]:
                 mentions.append(mention)
         closed = row.get("closed_types")
         out.append(LabelledPassage(f"teacher-{pid}", row["text"], positives,
-                                   "spacy-teacher" if closed else "teacher",
+                                   SPACY_TEACHER if closed else "teacher",
                                    closed_types=list(closed) if closed else None))
     return out
 
@@ -384,7 +388,7 @@ def build_conversations(
         if p.closed_types is not None:
             negs = [t for t in p.closed_types if t not in p.positives]
             stats.known_negative_queries += len(negs)
-            if p.dataset is None:
+            if p.dataset is None and p.source != SPACY_TEACHER:
                 stats.plain_bio_passages += 1
             else:
                 k_sampled = bio_negatives
