@@ -130,6 +130,19 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     card = (dest / "README.md").read_text()
     assert "at the calibrated empty_bias 1.5; passages per set: conll2003-dev 200." in card
     assert "| distilled: partial-match F1 | 60.0 | 60.0 |" in card
+    # a wide-condition sweep: the average is over the wide sets, the plain ones beside
+    rows[1]["per_set"]["conll2003-dev-wide"] = {**rows[1]["per_set"]["conll2003-dev"],
+                                                "strict_f": 0.45}
+    rows[1]["strict_f"] = 0.45
+    swept.write_text(json.dumps({"rows": rows, "best": rows[1], "passages": 200,
+                                 "queries": 1000, "averaged": ["conll2003-dev-wide"]}))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--calibration",
+                                      str(swept)])
+    assert result.exit_code == 0, result.output
+    card = (dest / "README.md").read_text()
+    assert "| distilled: strict span F1 | 45.0 | 50.0 | 45.0 |" in card
+    assert "the average is over conll2003-dev-wide" in card
+    assert "on the dev suite (wide condition) (200 passages, 1000 queries)" in card
     # zero-shot rows with precision / recall and the interval, beside the previous default's
     for name, f, ci in (("zs", 0.3, [0.25, 0.35]), ("prev", 0.2, [0.15, 0.26])):
         (tmp_path / name).mkdir()
