@@ -62,6 +62,17 @@ def _precision_recall(metrics: Dict[str, Any], title: str) -> str:
     return f"| {title}: strict precision / recall | " + " | ".join(cells) + " | |"
 
 
+def _dev_suite(averaged: List[str], beside: List[str]) -> str:
+    """What the dev table's columns are (``beside``: sets scored but not averaged)."""
+    text = "Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions"
+    if any(c.endswith("-wide") for c in averaged):
+        text += (" (`-wide`: each BIO set also asked the other's types, absent by its "
+                 "guidelines, as the zero-shot suite asks many types; the average is over "
+                 + ", ".join(averaged))
+        text += "; the plain sets are scored from the same answers)" if beside else ")"
+    return text
+
+
 def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
                dev_eval: Optional[Path] = None, calibration: Optional[Path] = None,
                previous_eval: Optional[Path] = None) -> str:
@@ -115,8 +126,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         columns = list(dev["datasets"])
         parts += [
             "## Dev suite (F1 x 100; where every choice was made)",
-            f"Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions; "
-            f"{_sample(dev)}.",
+            _dev_suite(columns, []) + f"; {_sample(dev)}.",
             "",
             *_table_head(columns),
             _avg_rows(dev, "distilled"),
@@ -128,14 +138,9 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         best = swept["best"]
         averaged = swept.get("averaged") or list(best["per_set"])
         columns = averaged + [c for c in best["per_set"] if c not in averaged]
-        wide = any(c.endswith("-wide") for c in averaged)
         parts += [
             "## Dev suite (F1 x 100; where every choice was made)",
-            "Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions"
-            + (" (`-wide`: each BIO set also asked the other's types, absent by its guidelines, "
-               "as the zero-shot suite asks many types; the average is over "
-               + ", ".join(averaged) + "; the plain sets are scored from the same answers)"
-               if wide else "")
+            _dev_suite(averaged, columns[len(averaged):])
             + f", at the calibrated empty_bias {best['empty_bias']:g}"
             + (f", multi_label {str(best['multi_label']).lower()}" if "multi_label" in best else "")
             + "; passages per set: "
