@@ -169,9 +169,9 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         at_zero = strict_at(0)
         parts += [
             "## Calibration",
-            f"{chosen} (recorded in `{SETTINGS}`), the best average strict F1 on the dev suite "
-            + ("(wide condition) " if any(c.endswith("-wide") for c in swept.get("averaged", []))
-               else "")
+            f"{chosen} (recorded in `{SETTINGS}`), the best average strict F1 on the dev suite"
+            + ("'s wide condition " if any(c.endswith("-wide") for c in swept.get("averaged", []))
+               else " ")
             +
             f"({swept['passages']} passages, {swept['queries']} queries) among biases {tried}"
             + (" each with every type per span kept (multi_label true) or only the best one"

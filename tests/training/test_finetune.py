@@ -142,7 +142,7 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     card = (dest / "README.md").read_text()
     assert "| distilled: strict span F1 | 45.0 | 50.0 | 45.0 |" in card
     assert "the average is over conll2003-dev-wide" in card
-    assert "on the dev suite (wide condition) (200 passages, 1000 queries)" in card
+    assert "on the dev suite's wide condition (200 passages, 1000 queries)" in card
     # zero-shot rows with precision / recall and the interval, beside the previous default's
     for name, f, ci in (("zs", 0.3, [0.25, 0.35]), ("prev", 0.2, [0.15, 0.26])):
         (tmp_path / name).mkdir()
