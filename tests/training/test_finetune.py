@@ -119,15 +119,17 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     assert "`empty_bias` = 1.5 and `multi_label` = false" in card
     assert "| every type per span | 40.0 | 50.0 |" in card
     assert "| best type per span | 45.0 | 55.0 |" in card
+    def ship_card(*args) -> str:
+        result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), *map(str, args)])
+        assert result.exit_code == 0, result.output
+        return (dest / "README.md").read_text()
+
     # without an evaluate-dev run, the dev table is the calibration's chosen row
     rows[1]["per_set"] = {"conll2003-dev": {"strict_f": 0.5, "partial_f": 0.6, "uniner_f": 0.4,
                                             "passages": 200}}
     rows[1].update(partial_f=0.6, uniner_f=0.4)
     swept.write_text(json.dumps({"rows": rows, "best": rows[1], "passages": 200, "queries": 600}))
-    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--calibration",
-                                      str(swept)])
-    assert result.exit_code == 0, result.output
-    card = (dest / "README.md").read_text()
+    card = ship_card("--calibration", swept)
     assert "at the calibrated empty_bias 1.5; passages per set: conll2003-dev 200." in card
     assert "| distilled: partial-match F1 | 60.0 | 60.0 |" in card
     # a wide-condition sweep: the average is over the wide sets, the plain ones beside
@@ -136,10 +138,7 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     rows[1]["strict_f"] = 0.45
     swept.write_text(json.dumps({"rows": rows, "best": rows[1], "passages": 200,
                                  "queries": 1000, "averaged": ["conll2003-dev-wide"]}))
-    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--calibration",
-                                      str(swept)])
-    assert result.exit_code == 0, result.output
-    card = (dest / "README.md").read_text()
+    card = ship_card("--calibration", swept)
     assert "| distilled: strict span F1 | 45.0 | 50.0 | 45.0 |" in card
     assert "the average is over conll2003-dev-wide" in card
     assert "on the dev suite's wide condition (200 passages, 1000 queries)" in card
