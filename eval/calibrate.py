@@ -66,7 +66,12 @@ def main(
     """Sweep empty_bias, print a table, write the result (and optionally the choice)."""
     from tqdm import tqdm
 
-    from spacy_uniner.evaluation.benchmarks import DEV_LIMIT, DEV_SUITE, dev_suite, load_benchmark
+    from spacy_uniner.evaluation.benchmarks import (
+        DEV_LIMIT,
+        dev_suite,
+        load_benchmark,
+        widen_suite,
+    )
     from spacy_uniner.evaluation.calibration import sweep_empty_bias
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -80,12 +85,11 @@ def main(
         raise typer.BadParameter("--wide is a condition of the dev suite: give --dev too")
     plain: list = []
     if dev:
-        size = DEV_LIMIT if limit is None else limit
-        benches = dev_suite(shared_data, limit=size, seed=seed, wide=wide)
-        if wide:  # the plain BIO sets: their queries are a subset of the wide sets'
-            plain = [name for name in DEV_SUITE if name not in benches]
-            benches.update({name: bench for name, bench in dev_suite(
-                shared_data, limit=size, seed=seed, columns=plain).items()})
+        benches = dev_suite(shared_data, limit=DEV_LIMIT if limit is None else limit, seed=seed)
+        if wide:  # the plain BIO sets stay beside: their queries are a subset of the wide sets'
+            wide_sets = widen_suite(benches, shared_data)
+            plain = [name for name in benches if name not in wide_sets]
+            benches = {**wide_sets, **{name: benches[name] for name in plain}}
     else:
         try:
             bench = load_benchmark(data, format.value, label_map=label_map, limit=limit, seed=seed)

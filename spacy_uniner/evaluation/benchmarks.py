@@ -664,8 +664,11 @@ def dev_suite(
 
     suite = {name: load(name, *spec) for name, spec in DEV_SUITE.items()
              if columns is None or name in columns}
-    if not wide:
-        return suite
+    return widen_suite(suite, shared_data) if wide else suite
+
+
+def widen_suite(suite: Dict[str, Benchmark], shared_data: Union[str, Path]) -> Dict[str, Benchmark]:
+    """A plain dev suite (:func:`dev_suite`) with each BIO set widened (:func:`widen`)."""
     bio = {name: spec for name, spec in DEV_SUITE.items() if spec[0] == "bio"}
     # every BIO set's types, also those of sets left out by ``columns``
     extra = [label for name, (_, rel, label_map) in bio.items()
