@@ -9,9 +9,12 @@ token by that many nats: higher finds more (recall), lower answers ``[]`` more
 often (precision). One student run scores every bias in ``--biases``
 (spacy_uniner.evaluation.calibration); the one with the best average strict F1 wins.
 It also sweeps the component's ``multi_label`` (every type the student gives a
-span, or only its best-scoring one; ``--no-multi-label`` keeps it as configured).
+span, or only its best-scoring one; ``--no-multi-label`` keeps it as configured)
+and its span-score ``threshold`` (``--thresholds``: drop a mention whose reply
+tokens' probability is below it; ``--thresholds 0`` keeps every span).
 ``--write`` records the choice beside the adapter (``uniner_student.json``), where
-``empty_bias = null`` and ``multi_label = null`` (the defaults) pick it up. ``--wide``
+``empty_bias = null``, ``multi_label = null`` and ``threshold = null`` (the
+defaults) pick it up. ``--wide``
 chooses on the dev suite's wide condition (each BIO dev set asked all five dev types, as
 users and the zero-shot suite ask many), scoring the plain sets from the same answers;
 the shipped default was calibrated so. Never calibrate on the zero-shot test suite
@@ -55,6 +58,8 @@ def main(
         True, "--multi-label/--no-multi-label",
         help="also sweep the component's multi_label: every type the student gives a span, or "
              "only its best-scoring one"),
+    thresholds: str = typer.Option(
+        "0,0.3,0.5,0.7", help="comma-separated span-score thresholds to try (0 to 1)"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (dev suite)"),
@@ -72,6 +77,7 @@ def main(
         load_benchmark,
         widen_suite,
     )
+    from spacy_uniner.component import check_threshold
     from spacy_uniner.evaluation.calibration import sweep_empty_bias
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -81,6 +87,10 @@ def main(
         values = [float(b) for b in biases.split(",") if b.strip()]
     except ValueError:
         raise typer.BadParameter(f"not a list of numbers: {biases!r}", param_hint="--biases")
+    try:
+        cutoffs = [check_threshold(float(t)) for t in thresholds.split(",") if t.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(f"{thresholds!r}: {err}", param_hint="--thresholds") from None
     if wide and not dev:
         raise typer.BadParameter("--wide is a condition of the dev suite: give --dev too")
     plain: list = []
@@ -102,26 +112,28 @@ def main(
     with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar:
         result = sweep_empty_bias(nlp, benches, values, progress=bar.update,
                                   multi_labels=(True, False) if multi_label else (),
-                                  report_only=plain)
+                                  thresholds=cutoffs, report_only=plain)
     result["model"] = block
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     names = list(benches)
     typer.echo(f"{result['passages']} passages, {result['queries']} queries; strict F1 x 100"
                + (f"; average of {', '.join(result['averaged'])}" if plain else ""))
-    typer.echo("| empty_bias | types per span | " + " | ".join(names)
+    typer.echo("| empty_bias | types per span | threshold | " + " | ".join(names)
                + " | average | partial | UniNER string |")
-    typer.echo("|---:|---|" + "---:|" * (len(names) + 3))
+    typer.echo("|---:|---|---:|" + "---:|" * (len(names) + 3))
     for row in result["rows"]:
         cells = [f"{100 * row['per_set'][n]['strict_f']:.1f}" for n in names]
         per_span = {True: "all", False: "best"}.get(row.get("multi_label"), "as configured")
-        typer.echo(f"| {row['empty_bias']:g} | {per_span} | " + " | ".join(cells)
+        cutoff = f"{row['threshold']:g}" if "threshold" in row else "as configured"
+        typer.echo(f"| {row['empty_bias']:g} | {per_span} | {cutoff} | " + " | ".join(cells)
                    + f" | {100 * row['strict_f']:.1f} | {100 * row['partial_f']:.1f}"
                    f" | {100 * row['uniner_f']:.1f} |")
     best = result["best"]["empty_bias"]
     chosen = {"empty_bias": best}
-    if "multi_label" in result["best"]:
-        chosen["multi_label"] = result["best"]["multi_label"]
+    for setting in ("multi_label", "threshold"):
+        if setting in result["best"]:
+            chosen[setting] = result["best"][setting]
     said = ", ".join(f"{k} = {json.dumps(v)}" for k, v in chosen.items())
     typer.echo(f"best: {said} (wrote {output})")
     if write is not None:

@@ -52,7 +52,7 @@ DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v2", "name": "
         "write_ents": True,
         "overwrite_ents": False,
         "ents_policy": "score",
-        "threshold": 0.0,
+        "threshold": None,
         "multi_label": None,
         "max_passage_tokens": 256,
         "window_overlap": 32,
@@ -77,7 +77,7 @@ def make_universal_ner(
     write_ents: bool,
     overwrite_ents: bool,
     ents_policy: str,
-    threshold: float,
+    threshold: Optional[float],
     multi_label: Optional[bool],
     max_passage_tokens: int,
     window_overlap: int,
@@ -99,7 +99,10 @@ def make_universal_ner(
     ents_policy (str): how overlaps are resolved for ``doc.ents``: "score"
         (highest score first, then longer), "longest" (longer first, then
         higher score) or "first" (earlier start first, then longer).
-    threshold (float): spans scoring below this are not written anywhere.
+    threshold (Optional[float]): spans scoring below this (the geometric-mean
+        probability of the mention's reply tokens) are not written anywhere.
+        None: the student's recorded choice (``threshold`` in the adapter's
+        ``uniner_student.json``, chosen on the dev suite), else 0.
     multi_label (Optional[bool]): keep every type the student gives one span
         (true), or only its best-scoring type (false). None: the student's
         recorded choice (``multi_label`` in the adapter's ``uniner_student.json``,
@@ -171,6 +174,18 @@ class DocPrediction:
     stats: Counter = field(default_factory=Counter)
 
 
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float, or a ValueError naming it (span scores are probabilities)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+        0.0 <= threshold <= 1.0
+    ):
+        raise ValueError(
+            f"threshold must be a number between 0 and 1 (span scores are probabilities), "
+            f"got {threshold!r}"
+        )
+    return float(threshold)
+
+
 def normalize_labels(labels: Any) -> List[str]:
     """Validate labels: strings, whitespace collapsed, duplicates removed in order."""
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
@@ -238,7 +253,7 @@ class UniversalNER(Pipe):
         write_ents: bool = True,
         overwrite_ents: bool = False,
         ents_policy: str = "score",
-        threshold: float = 0.0,
+        threshold: Optional[float] = None,
         multi_label: Optional[bool] = None,
         max_passage_tokens: int = 256,
         window_overlap: int = 32,
@@ -253,13 +268,8 @@ class UniversalNER(Pipe):
         if not spans_key:
             raise ValueError("spans_key must be a non-empty string")
         make_windows("x", [(0, 1)], max_passage_tokens, window_overlap)  # validates both
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-            0.0 <= threshold <= 1.0
-        ):
-            raise ValueError(
-                f"threshold must be a number between 0 and 1 (span scores are probabilities), "
-                f"got {threshold!r}"
-            )
+        if threshold is not None:
+            check_threshold(threshold)
         if bundle_weights and weights_owner(model) is None:
             raise ValueError(
                 f"bundle_weights = true needs a student with local weights "
@@ -493,8 +503,9 @@ class UniversalNER(Pipe):
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:
         for doc, pred in zip(docs, predictions):
             best: Dict[Tuple[int, int, str], float] = {}
+            threshold = self.score_threshold
             for (s, e, label), score in pred.spans.items():
-                if score < self.threshold:
+                if score < threshold:
                     continue
                 span = doc.char_span(s, e, label=label, alignment_mode="expand")
                 if span is None:
@@ -510,6 +521,15 @@ class UniversalNER(Pipe):
                 self._write_ents(doc, [(k, best[k]) for k in keys])
             if self.store_replies:
                 doc.user_data[self.name] = {"replies": pred.replies, "stats": dict(pred.stats)}
+
+    @property
+    def score_threshold(self) -> float:
+        """The lowest span score written (``threshold``, else the student's recorded
+        choice, else 0)."""
+        if self.threshold is not None:
+            return self.threshold
+        recorded = getattr(self.model, "settings", None) or {}
+        return float(recorded.get("threshold", 0.0))
 
     @property
     def keeps_every_label(self) -> bool:

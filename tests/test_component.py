@@ -124,6 +124,18 @@ def test_threshold_drops_low_scores():
     assert {label for _, label in spans(doc)} == {"person"}
 
 
+def test_threshold_null_takes_the_students_recorded_choice():
+    nlp = make_nlp({"person": '["Ada Lovelace"]', "location": '["London"]'},
+                   scores={"person": 0.9, "location": 0.2})
+    pipe = nlp.get_pipe("universal_ner")
+    both = {"person", "location"}
+    assert pipe.threshold is None and {l for _, l in spans(nlp(TEXT))} == both  # recorded: none
+    pipe.model.settings = {"threshold": 0.5}  # as HFStudent reads uniner_student.json
+    assert {label for _, label in spans(nlp(TEXT))} == {"person"}
+    pipe.threshold = 0.0  # the component's own setting wins
+    assert {label for _, label in spans(nlp(TEXT))} == both
+
+
 def test_existing_ents_kept_unless_overwrite():
     for overwrite, first_london in [(False, "GPE"), (True, "location")]:
         nlp = make_nlp({"person": '["Ada Lovelace"]', "location": '["London"]'},

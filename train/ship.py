@@ -143,6 +143,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             _dev_suite(averaged, columns[len(averaged):])
             + f", at the calibrated empty_bias {best['empty_bias']:g}"
             + (f", multi_label {str(best['multi_label']).lower()}" if "multi_label" in best else "")
+            + (f", threshold {best['threshold']:g}" if "threshold" in best else "")
             + "; passages per set: "
             + ", ".join(f"{c} {best['per_set'][c]['passages']}" for c in columns) + ".",
             "",
@@ -159,12 +160,21 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         biases = list(dict.fromkeys(r["empty_bias"] for r in swept["rows"]))
         tried = ", ".join(f"{b:g}" for b in biases)
         multi = "multi_label" in best
-        chosen = f"`empty_bias` = {best['empty_bias']:g}" + (
-            f" and `multi_label` = {str(best['multi_label']).lower()}" if multi else "")
+        cutoffs = list(dict.fromkeys(r["threshold"] for r in swept["rows"] if "threshold" in r))
+        named = [f"`empty_bias` = {best['empty_bias']:g}"]
+        if multi:
+            named.append(f"`multi_label` = {str(best['multi_label']).lower()}")
+        if "threshold" in best:
+            named.append(f"`threshold` = {best['threshold']:g}")
+        chosen = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
 
-        def strict_at(bias: float, multi_label: bool = True) -> Optional[float]:
+        def strict_at(bias: float, multi_label: bool = True,
+                      threshold: Optional[float] = None) -> Optional[float]:
+            # at the chosen threshold unless another is named
+            cutoff = best.get("threshold") if threshold is None else threshold
             return next((r["strict_f"] for r in swept["rows"] if r["empty_bias"] == bias
-                         and r.get("multi_label", True) == multi_label), None)
+                         and r.get("multi_label", True) == multi_label
+                         and r.get("threshold") == cutoff), None)
 
         at_zero = strict_at(0)
         parts += [
@@ -176,10 +186,21 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             f"({swept['passages']} passages, {swept['queries']} queries) among biases {tried}"
             + (" each with every type per span kept (multi_label true) or only the best one"
                if multi else "")
+            + (f" and span-score thresholds {', '.join(f'{t:g}' for t in cutoffs)}"
+               if cutoffs else "")
             + f": {100 * best['strict_f']:.1f}"
             + (f" (bias 0, every type kept: {100 * at_zero:.1f})." if at_zero is not None else "."),
             "",
         ]
+        if len(cutoffs) > 1:
+            at_cutoff = [strict_at(best["empty_bias"], best.get("multi_label", True), t)
+                         for t in cutoffs]
+            parts += [
+                f"At the chosen bias{' and multi_label' if multi else ''}, by threshold: "
+                + ", ".join(f"{t:g}: {'-' if f is None else f'{100 * f:.1f}'}"
+                            for t, f in zip(cutoffs, at_cutoff)) + ".",
+                "",
+            ]
         if multi:
             parts += ["| empty_bias | " + " | ".join(f"{b:g}" for b in biases) + " |",
                       "|---|" + "---:|" * len(biases)]

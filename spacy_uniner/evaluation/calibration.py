@@ -51,19 +51,22 @@ def sweep_empty_bias(
     batch_size: int = 4,
     progress: Any = None,
     multi_labels: Sequence[bool] = (),
+    thresholds: Sequence[float] = (),
     report_only: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Strict, partial and UniNER-string F1 of every bias on every benchmark
     (and, with ``multi_labels``, of every bias with each of those ``multi_label``
-    settings of the component: one type per span or all of them).
+    settings of the component: one type per span or all of them; with
+    ``thresholds``, with each of those span-score thresholds too).
 
     nlp: a pipeline whose ``pipe_name`` component (store_replies on) runs an
         HFStudent; its student is swapped for a :class:`MarginReplay` for the
         sweep and put back after.
     RETURNS: {"rows": [{"empty_bias", "multi_label" (with multi_labels),
-        "strict_f", "partial_f", "uniner_f", "per_set": {name: {...}}}], "best":
-        the row with the highest average strict F1 (among ties the smallest bias,
-        then multi_label true), "passages", "queries"}.
+        "threshold" (with thresholds), "strict_f", "partial_f", "uniner_f",
+        "per_set": {name: {...}}}], "best": the row with the highest average
+        strict F1 (among ties the smallest bias, then multi_label true, then the
+        lowest threshold), "passages", "queries"}.
     report_only: names of ``benches`` scored in ``per_set`` but left out of the
         averages, the choice and the counts (e.g. the plain dev sets beside their
         wide versions, whose queries they share: the model answers each prompt once).
@@ -77,18 +80,24 @@ def sweep_empty_bias(
         raise ValueError(f"report_only {list(report_only)} must name some, not all, of the "
                          f"benchmarks {list(benches)}")
     chosen = [name for name in benches if name not in report_only]
+    from ..component import check_threshold
+
+    for value in thresholds:
+        check_threshold(value)
     pipe = nlp.get_pipe(pipe_name)
-    student, setting = pipe.model, pipe.multi_label
+    student, setting, cutoff = pipe.model, pipe.multi_label, pipe.threshold
     replay = MarginReplay(student)
     pipe.model = replay
     rows = []
     choices = list(dict.fromkeys(multi_labels)) or [None]  # None: as the component has it
-    grid = [(b, m) for b in sorted(set(biases)) for m in choices]
+    cutoffs = sorted(set(thresholds)) or [None]
+    grid = [(b, m, t) for b in sorted(set(biases)) for m in choices for t in cutoffs]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for n, (bias, multi) in enumerate(grid):
+            for n, (bias, multi, threshold) in enumerate(grid):
                 replay.bias = bias
                 pipe.multi_label = setting if multi is None else multi
+                pipe.threshold = cutoff if threshold is None else threshold
                 per_set = {}
                 for name, bench in benches.items():
                     metrics = run_benchmark(
@@ -108,13 +117,15 @@ def sweep_empty_bias(
                 rows.append({
                     "empty_bias": bias,
                     **({} if multi is None else {"multi_label": multi}),
+                    **({} if threshold is None else {"threshold": threshold}),
                     **{key: statistics.mean(per_set[name][key] for name in chosen)
                        for key in ("strict_f", "partial_f", "uniner_f")},
                     "per_set": per_set,
                 })
     finally:
-        pipe.model, pipe.multi_label = student, setting
-    best = max(rows, key=lambda r: (r["strict_f"], -r["empty_bias"], r.get("multi_label", True)))
+        pipe.model, pipe.multi_label, pipe.threshold = student, setting, cutoff
+    best = max(rows, key=lambda r: (r["strict_f"], -r["empty_bias"], r.get("multi_label", True),
+                                    -r.get("threshold", 0.0)))
     first = rows[0]["per_set"]
     return {
         "rows": rows,

@@ -158,8 +158,9 @@ def run_benchmark(
         raise ValueError(f"The '{pipe_name}' component needs store_replies = true for benchmarks")
     component_cfg = {"spans_key": spans_key, "max_passage_tokens": pipe.max_passage_tokens,
                      "window_overlap": pipe.window_overlap, "dataset": pipe.dataset,
-                     "label_definitions": pipe.label_definitions, "threshold": pipe.threshold,
-                     # what the adapter records (empty_bias, multi_label) changes the predictions
+                     "label_definitions": pipe.label_definitions, "threshold": pipe.score_threshold,
+                     # what the adapter records (empty_bias, multi_label, threshold) changes
+                     # the predictions
                      "multi_label": pipe.keeps_every_label,
                      "student_settings": getattr(pipe.model, "settings", None) or {}}
     cache = PredictionCache(cache_path, _fingerprint(model_config or {}, bench, component_cfg),

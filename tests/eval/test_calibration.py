@@ -1,12 +1,14 @@
 """empty_bias calibration: one student run decides every bias, exactly as the student would."""
 
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
 
 from spacy_uniner import prompts
 from spacy_uniner.evaluation.calibration import MarginReplay
+from spacy_uniner.models.base import Generation
 from spacy_uniner.models.hf import HFStudent
 
 TEXTS = ["Ada Lovelace met Charles Babbage in London in 1833.", "Short.", "Paris is big."]
@@ -52,33 +54,45 @@ def test_calibrate_cli_sweeps_once_and_records_the_best(
     out = tmp_path / "calibration.json"
     result = CliRunner().invoke(app, [
         "--model", str(tiny_model_dir), "--data", str(data), "--format", "bio",
-        "--label-map", "conll2003", "--biases", "-20,0,3,20", "--threads", "1",
-        "--write", str(settings), "--output", str(out), "--quiet",
+        "--label-map", "conll2003", "--biases", "-20,0,3,20", "--thresholds", "0,0.2,0.9",
+        "--threads", "1", "--write", str(settings), "--output", str(out), "--quiet",
     ])
     assert result.exit_code == 0, result.output
     swept = json.loads(out.read_text())
-    # every bias with each multi_label setting
-    assert [(r["empty_bias"], r["multi_label"]) for r in swept["rows"]] == [
-        (b, m) for b in (-20, 0, 3, 20) for m in (True, False)]
+    # every bias with each multi_label setting and each threshold
+    grid = [(b, m, t) for b in (-20, 0, 3, 20) for m in (True, False) for t in (0, 0.2, 0.9)]
+    assert [(r["empty_bias"], r["multi_label"], r["threshold"]) for r in swept["rows"]] == grid
     assert sum(calls) == swept["queries"] > 0  # every query asked once, whatever the grid
-    best = max(swept["rows"],
-               key=lambda r: (r["strict_f"], -r["empty_bias"], r["multi_label"]))
+    best = max(swept["rows"], key=lambda r: (r["strict_f"], -r["empty_bias"], r["multi_label"],
+                                             -r["threshold"]))
     recorded = json.loads(settings.read_text())
     assert recorded["empty_bias"] == best["empty_bias"] and recorded["note"] == "kept"
     assert recorded["multi_label"] == best["multi_label"]
+    assert recorded["threshold"] == best["threshold"]
     # bias -20: every answer is "[]", nothing is found
     assert swept["rows"][0]["strict_f"] == 0.0
-    # one type per span never predicts more spans than every type
-    for every, one in zip(swept["rows"][::2], swept["rows"][1::2]):
-        for name, per in every["per_set"].items():
-            assert one["per_set"][name]["strict_p"] >= per["strict_p"] or per["strict_p"] == 0
-    assert "best: empty_bias = " in result.output and "multi_label = " in result.output
+    rows = {(r["empty_bias"], r["multi_label"], r["threshold"]): r["per_set"] for r in swept["rows"]}
+    for b in (0, 3, 20):
+        for name in rows[b, True, 0]:
+            # one type per span never predicts more spans than every type
+            every, one = rows[b, True, 0][name], rows[b, False, 0][name]
+            assert one["strict_p"] >= every["strict_p"] or every["strict_p"] == 0
+            # a higher threshold only takes spans away
+            recalls = [rows[b, m, t][name]["strict_r"] for m in (True, False)
+                       for t in (0, 0.2, 0.9)]
+            assert recalls[0] >= recalls[1] >= recalls[2] and recalls[3] >= recalls[4] >= recalls[5]
+    assert "best: empty_bias = " in result.output and "threshold = " in result.output
     student = HFStudent(str(tiny_model_dir), adapter=str(tmp_path))
     assert student.empty_bias == best["empty_bias"]
     assert student.settings["multi_label"] == best["multi_label"]
+    assert student.settings["threshold"] == best["threshold"]
 
     bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--dev", "--data", str(data)])
     assert bad.exit_code != 0 and "exactly one of --dev or --data" in bad.output
+    bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--data", str(data),
+                                   "--thresholds", "0,1.5"])
+    said = " ".join(bad.output.replace("│", " ").split())  # the error box wraps lines
+    assert bad.exit_code != 0 and "between 0 and 1" in said and "got 1.5" in said
 
 
 def test_calibrate_dev_wide_chooses_on_the_wide_sets_and_scores_the_plain_ones_free(
@@ -121,3 +135,57 @@ def test_report_only_must_leave_something_to_choose_on():
         sweep_empty_bias(None, {"a": None}, [0.0], report_only=["a"])
     with pytest.raises(ValueError, match="some, not all"):
         sweep_empty_bias(None, {"a": None}, [0.0], report_only=["b"])
+
+
+class SureAndUnsure:
+    """Answers every query at bias 0 from a table, each mention with its own probability."""
+
+    def __init__(self, answers):
+        self.answers = answers  # label -> [(mention, probability)]
+
+    def token_offsets(self, text):
+        from spacy_uniner.passages import word_offsets
+
+        return word_offsets(text)
+
+    def generate_with_margins(self, ps):
+        out = []
+        for p in ps:
+            items = self.answers.get(prompts.parse_query(p)[1], [])
+            text = json.dumps([m for m, _ in items])
+            offsets = tuple((text.index(f'"{m}"') + 1, text.index(f'"{m}"') + 1 + len(m))
+                            for m, _ in items)
+            logprobs = tuple(math.log(pr) for _, pr in items)
+            out.append((Generation(text, offsets, logprobs), -1.0 if items else 1.0))
+        return out
+
+
+def test_a_threshold_is_chosen_where_it_drops_the_unsure_wrong_spans(tmp_path):
+    import spacy
+
+    from spacy_uniner.evaluation.benchmarks import load_benchmark
+    from spacy_uniner.evaluation.calibration import sweep_empty_bias
+
+    bio = tmp_path / "gold.txt"
+    bio.write_text("Ada\tB-PER\nLovelace\tI-PER\nmet\tO\nBabbage\tB-PER\nin\tO\n"
+                   "London\tB-LOC\n.\tO\n")
+    bench = load_benchmark(bio, "bio", label_map={"PER": "person", "LOC": "location"})
+    nlp = spacy.blank("en")
+    nlp.add_pipe("universal_ner", config={
+        "store_replies": True,
+        "model": {"@uniner_models": "test.ScriptedStudent.v1", "replies": {}}})
+    # right and sure; wrong and unsure (London as a person); right but unsure (Babbage)
+    nlp.get_pipe("universal_ner").model = SureAndUnsure({
+        "person": [("Ada Lovelace", 0.9), ("London", 0.2), ("Babbage", 0.45)],
+        "location": [("London", 0.95)]})
+    swept = sweep_empty_bias(nlp, {"gold": bench}, [0.0], thresholds=[0.6, 0.0, 0.3])
+    by = {r["threshold"]: r["per_set"]["gold"] for r in swept["rows"]}
+    assert sorted(by) == [0.0, 0.3, 0.6]  # each threshold once, in order
+    assert (by[0.0]["strict_p"], by[0.0]["strict_r"]) == (pytest.approx(3 / 4), 1.0)
+    assert (by[0.3]["strict_p"], by[0.3]["strict_r"]) == (1.0, 1.0)
+    assert (by[0.6]["strict_p"], by[0.6]["strict_r"]) == (1.0, pytest.approx(2 / 3))
+    assert swept["best"]["threshold"] == 0.3
+    pipe = nlp.get_pipe("universal_ner")
+    assert pipe.threshold is None and isinstance(pipe.model, SureAndUnsure)  # put back
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        sweep_empty_bias(nlp, {"gold": bench}, [0.0], thresholds=[2])

@@ -119,6 +119,20 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     assert "`empty_bias` = 1.5 and `multi_label` = false" in card
     assert "| every type per span | 40.0 | 50.0 |" in card
     assert "| best type per span | 45.0 | 55.0 |" in card
+    # with thresholds too: all three named, the table at the chosen threshold, and the
+    # chosen bias's row by threshold
+    grid = [{"empty_bias": b, "multi_label": m, "threshold": t, "strict_f": f + t / 10}
+            for b, m, f in ((0.0, True, 0.4), (0.0, False, 0.45), (1.5, True, 0.5),
+                            (1.5, False, 0.55)) for t in (0.0, 0.5)]
+    both.write_text(json.dumps({"rows": grid, "best": grid[7], "passages": 131, "queries": 199}))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--dev-eval",
+                                      str(dev), "--calibration", str(both)])
+    assert result.exit_code == 0, result.output
+    card = (dest / "README.md").read_text()
+    assert "`empty_bias` = 1.5, `multi_label` = false and `threshold` = 0.5" in card
+    assert "and span-score thresholds 0, 0.5: 60.0" in card
+    assert "| every type per span | 45.0 | 55.0 |" in card
+    assert "by threshold: 0: 55.0, 0.5: 60.0." in card
     def ship_card(*args) -> str:
         result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), *map(str, args)])
         assert result.exit_code == 0, result.output
