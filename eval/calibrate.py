@@ -68,7 +68,8 @@ def main(
     output: Path = typer.Option(Path("eval/results/calibration.json"), dir_okay=False),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
-    """Sweep empty_bias, print a table, write the result (and optionally the choice)."""
+    """Sweep empty_bias (with multi_label and threshold), print a table, write the result
+    (and optionally the choice)."""
     from tqdm import tqdm
 
     from spacy_uniner.evaluation.benchmarks import (
