@@ -97,11 +97,14 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     rows = [{"empty_bias": 0.0, "strict_f": 0.4}, {"empty_bias": 1.5, "strict_f": 0.5}]
     swept.write_text(json.dumps({"rows": rows, "best": rows[1], "passages": 131, "queries": 199}))
     (run / "adapter" / "uniner_student.json").write_text(json.dumps({"empty_bias": 1.5}))
-    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--dev-eval",
-                                      str(dev), "--calibration", str(swept)])
-    assert result.exit_code == 0, result.output
+
+    def ship_card(*args) -> str:
+        result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), *map(str, args)])
+        assert result.exit_code == 0, result.output
+        return (dest / "README.md").read_text()
+
+    card = ship_card("--dev-eval", dev, "--calibration", swept)
     assert json.loads((dest / "uniner_student.json").read_text()) == {"empty_bias": 1.5}
-    card = (dest / "README.md").read_text()
     assert "| distilled: strict span F1 | 50.0 | 50.0 |" in card
     assert "pile-ner-dev 131" in card
     assert "`empty_bias` = 1.5" in card
@@ -112,10 +115,7 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
                             (1.5, False, 0.55))]
     both = tmp_path / "both.json"
     both.write_text(json.dumps({"rows": grid, "best": grid[3], "passages": 131, "queries": 199}))
-    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--dev-eval",
-                                      str(dev), "--calibration", str(both)])
-    assert result.exit_code == 0, result.output
-    card = (dest / "README.md").read_text()
+    card = ship_card("--dev-eval", dev, "--calibration", both)
     assert "`empty_bias` = 1.5 and `multi_label` = false" in card
     assert "| every type per span | 40.0 | 50.0 |" in card
     assert "| best type per span | 45.0 | 55.0 |" in card
@@ -125,18 +125,11 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
             for b, m, f in ((0.0, True, 0.4), (0.0, False, 0.45), (1.5, True, 0.5),
                             (1.5, False, 0.55)) for t in (0.0, 0.5)]
     both.write_text(json.dumps({"rows": grid, "best": grid[7], "passages": 131, "queries": 199}))
-    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), "--dev-eval",
-                                      str(dev), "--calibration", str(both)])
-    assert result.exit_code == 0, result.output
-    card = (dest / "README.md").read_text()
+    card = ship_card("--dev-eval", dev, "--calibration", both)
     assert "`empty_bias` = 1.5, `multi_label` = false and `threshold` = 0.5" in card
     assert "and span-score thresholds 0, 0.5: 60.0" in card
     assert "| every type per span | 45.0 | 55.0 |" in card
     assert "by threshold: 0: 55.0, 0.5: 60.0." in card
-    def ship_card(*args) -> str:
-        result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest), *map(str, args)])
-        assert result.exit_code == 0, result.output
-        return (dest / "README.md").read_text()
 
     # without an evaluate-dev run, the dev table is the calibration's chosen row
     rows[1]["per_set"] = {"conll2003-dev": {"strict_f": 0.5, "partial_f": 0.6, "uniner_f": 0.4,
