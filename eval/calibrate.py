@@ -12,13 +12,17 @@ It also sweeps the component's ``multi_label`` (every type the student gives a
 span, or only its best-scoring one; ``--no-multi-label`` keeps it as configured)
 and its span-score ``threshold`` (``--thresholds``: drop a mention whose reply
 tokens' probability is below it; ``--thresholds 0`` keeps every span).
-``--write`` records the choice beside the adapter (``uniner_student.json``), where
-``empty_bias = null``, ``multi_label = null`` and ``threshold = null`` (the
-defaults) pick it up. ``--wide``
-chooses on the dev suite's wide condition (each BIO dev set asked all five dev types, as
-users and the zero-shot suite ask many), scoring the plain sets from the same answers;
-the shipped default was calibrated so. Never calibrate on the zero-shot test suite
-(CrossNER, MIT): it only reports.
+
+The student's replies are kept as they come (``--replies``, by default beside
+``--output``): an interrupted run resumes, and a rerun with other ``--biases`` or
+``--thresholds`` asks the student nothing. ``--write`` records the choice beside
+the adapter (``uniner_student.json``), where ``empty_bias = null``,
+``multi_label = null`` and ``threshold = null`` (the defaults) pick it up.
+
+``--wide`` chooses on the dev suite's wide condition (each BIO dev set asked all
+five dev types, as users and the zero-shot suite ask many), scoring the plain sets
+from the same answers; the shipped default was calibrated so. Never calibrate on
+the zero-shot test suite (CrossNER, MIT): it only reports.
 """
 
 import json
@@ -66,6 +70,11 @@ def main(
     write: Optional[Path] = typer.Option(
         None, dir_okay=False, help="record the best bias in this uniner_student.json (merged)"),
     output: Path = typer.Option(Path("eval/results/calibration.json"), dir_okay=False),
+    replies: Optional[Path] = typer.Option(
+        None, dir_okay=False,
+        help="the student's replies, kept as they come (default: beside --output, "
+             "*.replies.jsonl): a rerun resumes, and a sweep over other settings asks nothing"),
+    overwrite: bool = typer.Option(False, help="ask the student again, replacing --replies"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Sweep empty_bias (with multi_label and threshold), print a table, write the result
@@ -79,7 +88,7 @@ def main(
         widen_suite,
     )
     from spacy_uniner.component import check_threshold
-    from spacy_uniner.evaluation.calibration import sweep_empty_bias
+    from spacy_uniner.evaluation.calibration import replies_cache, sweep_empty_bias
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if dev == (data is not None):
@@ -109,12 +118,20 @@ def main(
         benches = {bench.name: bench}
     block = model_block(model, None, max_new_tokens, None, None, None, threads, adapter, grounded)
     nlp = build_nlp(block, 256)
+    replies = replies or output.with_suffix(".replies.jsonl")
+    try:
+        kept = replies_cache(replies, nlp.get_pipe("universal_ner").model, overwrite=overwrite)
+    except ValueError as err:  # written for another student: names the file
+        raise typer.BadParameter(str(err), param_hint="--replies") from None
+    if kept.records:
+        typer.echo(f"{len(kept.records)} replies read from {replies}", err=True)
     total = sum(len(b.passages) for b in benches.values())
     with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar:
         result = sweep_empty_bias(nlp, benches, values, progress=bar.update,
                                   multi_labels=(True, False) if multi_label else (),
-                                  thresholds=cutoffs, report_only=plain)
+                                  thresholds=cutoffs, report_only=plain, replies=kept)
     result["model"] = block
+    result["replies"] = str(replies)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     names = list(benches)

@@ -5,24 +5,60 @@ list, and records by how many nats it preferred ``[]`` there
 (:meth:`~spacy_uniner.models.hf.HFStudent.generate_with_margins`). With
 ``empty_bias = b`` it would answer ``[]`` where that margin exceeds ``b`` and
 give that reply otherwise, so the pipeline is replayed from those replies for
-every ``b`` without running the model again.
+every ``b`` without running the model again. With a replies file
+(:func:`replies_cache`) those replies are kept on disk as they come, so an
+interrupted sweep resumes and a later sweep over other settings asks nothing.
 """
 
+import hashlib
+import json
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..models.base import Generation
+from .runner import PredictionCache
 
 EMPTY = Generation("[]")
 DEFAULT_BIASES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 
 
-class MarginReplay:
-    """A student for the component that replays an HFStudent's margin run at ``bias``."""
+def _prompt_key(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf8")).hexdigest()
 
-    def __init__(self, student: Any, bias: float = 0.0) -> None:
+
+def student_fingerprint(student: Any) -> str:
+    """What decides a student's margin-run replies: its base, adapter (by content),
+    dtype, reply length and decoding (not threads or batch size)."""
+    adapter = getattr(student, "adapter", None)
+    weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
+    payload = {
+        "name": getattr(student, "name", type(student).__name__),
+        "adapter": hashlib.sha256(weights.read_bytes()).hexdigest()
+        if weights is not None and weights.exists() else adapter,
+        **{key: getattr(student, key, None)
+           for key in ("dtype", "max_new_tokens", "grounded", "prefix_sharing")},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf8")).hexdigest()[:16]
+
+
+def replies_cache(path: Path, student: Any, overwrite: bool = False) -> PredictionCache:
+    """A file of ``student``'s margin-run replies, one JSON line per prompt, read back
+    if it exists; one written for another student is an error naming it."""
+    return PredictionCache(
+        Path(path), student_fingerprint(student), overwrite=overwrite, key="prompt",
+        remedy="give another --replies file, or --overwrite to ask the student again")
+
+
+class MarginReplay:
+    """A student for the component that replays an HFStudent's margin run at ``bias``.
+
+    cache: replies already given (read first) and where new ones are appended.
+    """
+
+    def __init__(self, student: Any, bias: float = 0.0,
+                 cache: Optional[PredictionCache] = None) -> None:
         if not hasattr(student, "generate_with_margins"):
             raise TypeError(
                 f"calibration needs a student with generate_with_margins "
@@ -30,6 +66,7 @@ class MarginReplay:
             )
         self.student = student
         self.bias = bias
+        self.cache = cache
         self.seen: Dict[str, Tuple[Generation, float]] = {}
 
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
@@ -37,8 +74,22 @@ class MarginReplay:
 
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
         todo = [p for p in dict.fromkeys(prompts) if p not in self.seen]
+        if todo and self.cache is not None:
+            for p in todo:
+                rec = self.cache.records.get(_prompt_key(p))
+                if rec is not None:
+                    offsets = tuple(tuple(o) for o in rec["token_offsets"])
+                    gen = Generation(rec["text"], offsets, tuple(rec["token_logprobs"]))
+                    self.seen[p] = (gen, rec["margin"])
+            todo = [p for p in todo if p not in self.seen]
         if todo:
-            self.seen.update(zip(todo, self.student.generate_with_margins(todo)))
+            answered = self.student.generate_with_margins(todo)
+            self.seen.update(zip(todo, answered))
+            if self.cache is not None:
+                self.cache.add({"prompt": _prompt_key(p), "text": gen.text,
+                                "token_offsets": gen.token_offsets,
+                                "token_logprobs": gen.token_logprobs, "margin": margin}
+                               for p, (gen, margin) in zip(todo, answered))
         return [EMPTY if self.seen[p][1] > self.bias else self.seen[p][0] for p in prompts]
 
 
@@ -53,6 +104,7 @@ def sweep_empty_bias(
     multi_labels: Sequence[bool] = (),
     thresholds: Sequence[float] = (),
     report_only: Sequence[str] = (),
+    replies: Optional[PredictionCache] = None,
 ) -> Dict[str, Any]:
     """Strict, partial and UniNER-string F1 of every bias on every benchmark
     (and, with ``multi_labels``, of every bias with each of those ``multi_label``
@@ -70,6 +122,8 @@ def sweep_empty_bias(
     report_only: names of ``benches`` scored in ``per_set`` but left out of the
         averages, the choice and the counts (e.g. the plain dev sets beside their
         wide versions, whose queries they share: the model answers each prompt once).
+    replies: a :func:`replies_cache` of this student: prompts answered there are
+        not asked again, new answers are appended as they come.
     """
     from .runner import run_benchmark
 
@@ -86,7 +140,7 @@ def sweep_empty_bias(
         check_threshold(value)
     pipe = nlp.get_pipe(pipe_name)
     student, setting, cutoff = pipe.model, pipe.multi_label, pipe.threshold
-    replay = MarginReplay(student)
+    replay = MarginReplay(student, cache=replies)
     pipe.model = replay
     rows = []
     choices = list(dict.fromkeys(multi_labels)) or [None]  # None: as the component has it

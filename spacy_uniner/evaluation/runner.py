@@ -44,11 +44,16 @@ def _fingerprint(model_config: Dict[str, Any], bench: Benchmark, component_confi
 
 
 class PredictionCache:
-    """One JSON line per finished passage; a torn last line is ignored and rewritten."""
+    """One JSON line per finished passage (or per record keyed by ``key``); a torn
+    last line is ignored and rewritten."""
 
-    def __init__(self, path: Path, fingerprint: str, overwrite: bool = False) -> None:
+    def __init__(self, path: Path, fingerprint: str, overwrite: bool = False,
+                 key: str = "passage_id",
+                 remedy: str = "use another --output folder or --overwrite") -> None:
         self.path = path
         self.fingerprint = fingerprint
+        self.key = key
+        self.remedy = remedy
         self.records: Dict[str, Dict[str, Any]] = {}
         self.torn = 0
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,17 +70,16 @@ class PredictionCache:
         if header.get("fingerprint") != self.fingerprint:
             raise ValueError(
                 f"{self.path} was written for a different model, configuration or dataset "
-                f"(fingerprint {header.get('fingerprint')} != {self.fingerprint}); use another "
-                f"--output folder or --overwrite"
+                f"(fingerprint {header.get('fingerprint')} != {self.fingerprint}); {self.remedy}"
             )
         for line in lines[1:]:
             try:
                 rec = json.loads(line)
-                self.records[rec["passage_id"]] = rec
+                self.records[rec[self.key]] = rec
             except (json.JSONDecodeError, KeyError, TypeError):
                 self.torn += 1
         if self.torn:
-            logger.warning("%s: %d unreadable line(s) ignored; those passages run again",
+            logger.warning("%s: %d unreadable line(s) ignored; what they held is made again",
                            self.path, self.torn)
             self._write_all()
 
@@ -90,7 +94,7 @@ class PredictionCache:
     def add(self, records: Iterable[Dict[str, Any]]) -> None:
         with self.path.open("a", encoding="utf8") as fh:
             for rec in records:
-                self.records[rec["passage_id"]] = rec
+                self.records[rec[self.key]] = rec
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
 
