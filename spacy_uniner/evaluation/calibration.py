@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..component import check_threshold
 from ..models.base import Generation
-from .runner import PredictionCache
+from .runner import PredictionCache, run_benchmark
 
 EMPTY = Generation("[]")
 DEFAULT_BIASES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
@@ -125,8 +126,6 @@ def sweep_empty_bias(
     replies: a :func:`replies_cache` of this student: prompts answered there are
         not asked again, new answers are appended as they come.
     """
-    from .runner import run_benchmark
-
     if not biases:
         raise ValueError("no biases to sweep")
     unknown = sorted(set(report_only) - set(benches))
@@ -134,8 +133,6 @@ def sweep_empty_bias(
         raise ValueError(f"report_only {list(report_only)} must name some, not all, of the "
                          f"benchmarks {list(benches)}")
     chosen = [name for name in benches if name not in report_only]
-    from ..component import check_threshold
-
     for value in thresholds:
         check_threshold(value)
     pipe = nlp.get_pipe(pipe_name)
