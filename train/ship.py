@@ -62,10 +62,15 @@ def _precision_recall(metrics: Dict[str, Any], title: str) -> str:
     return f"| {title}: strict precision / recall | " + " | ".join(cells) + " | |"
 
 
+def _is_wide(averaged: List[str]) -> bool:
+    """Whether the dev sets averaged are the wide condition's."""
+    return any(c.endswith("-wide") for c in averaged)
+
+
 def _dev_suite(averaged: List[str], beside: List[str]) -> str:
     """What the dev table's columns are (``beside``: sets scored but not averaged)."""
     text = "Held-out Pile-NER passages, CoNLL-2003 dev and BC5CDR dev as plain questions"
-    if any(c.endswith("-wide") for c in averaged):
+    if _is_wide(averaged):
         text += (" (`-wide`: each BIO set also asked the other's types, absent by its "
                  "guidelines, as the zero-shot suite asks many types; the average is over "
                  + ", ".join(averaged))
@@ -180,10 +185,8 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         parts += [
             "## Calibration",
             f"{chosen} (recorded in `{SETTINGS}`), the best average strict F1 on the dev suite"
-            + ("'s wide condition " if any(c.endswith("-wide") for c in swept.get("averaged", []))
-               else " ")
-            +
-            f"({swept['passages']} passages, {swept['queries']} queries) among biases {tried}"
+            + ("'s wide condition " if _is_wide(swept.get("averaged", [])) else " ")
+            + f"({swept['passages']} passages, {swept['queries']} queries) among biases {tried}"
             + (" each with every type per span kept (multi_label true) or only the best one"
                if multi else "")
             + (f" and span-score thresholds {', '.join(f'{t:g}' for t in cutoffs)}"
