@@ -68,7 +68,7 @@ def main(
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (dev suite)"),
     write: Optional[Path] = typer.Option(
-        None, dir_okay=False, help="record the best bias in this uniner_student.json (merged)"),
+        None, dir_okay=False, help="record the best settings in this uniner_student.json (merged)"),
     output: Path = typer.Option(Path("eval/results/calibration.json"), dir_okay=False),
     replies: Optional[Path] = typer.Option(
         None, dir_okay=False,
