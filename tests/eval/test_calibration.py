@@ -71,7 +71,8 @@ def test_calibrate_cli_sweeps_once_and_records_the_best(
     assert recorded["threshold"] == best["threshold"]
     # bias -20: every answer is "[]", nothing is found
     assert swept["rows"][0]["strict_f"] == 0.0
-    rows = {(r["empty_bias"], r["multi_label"], r["threshold"]): r["per_set"] for r in swept["rows"]}
+    rows = {(r["empty_bias"], r["multi_label"], r["threshold"]): r["per_set"]
+            for r in swept["rows"]}
     for b in (0, 3, 20):
         for name in rows[b, True, 0]:
             # one type per span never predicts more spans than every type
