@@ -523,13 +523,17 @@ class UniversalNER(Pipe):
                 doc.user_data[self.name] = {"replies": pred.replies, "stats": dict(pred.stats)}
 
     @property
+    def student_settings(self) -> Dict[str, Any]:
+        """What the student records beside its weights (``uniner_student.json``), if any."""
+        return getattr(self.model, "settings", None) or {}
+
+    @property
     def score_threshold(self) -> float:
         """The lowest span score written (``threshold``, else the student's recorded
         choice, else 0)."""
         if self.threshold is not None:
             return self.threshold
-        recorded = getattr(self.model, "settings", None) or {}
-        return float(recorded.get("threshold", 0.0))
+        return float(self.student_settings.get("threshold", 0.0))
 
     @property
     def keeps_every_label(self) -> bool:
@@ -537,8 +541,7 @@ class UniversalNER(Pipe):
         else the student's recorded choice, else true)."""
         if self.multi_label is not None:
             return self.multi_label
-        recorded = getattr(self.model, "settings", None) or {}
-        return bool(recorded.get("multi_label", True))
+        return bool(self.student_settings.get("multi_label", True))
 
     def _add_to_group(
         self, doc: Doc, keys: List[Tuple[int, int, str]], best: Dict[Tuple[int, int, str], float]

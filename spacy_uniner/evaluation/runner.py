@@ -166,7 +166,7 @@ def run_benchmark(
                      # what the adapter records (empty_bias, multi_label, threshold) changes
                      # the predictions
                      "multi_label": pipe.keeps_every_label,
-                     "student_settings": getattr(pipe.model, "settings", None) or {}}
+                     "student_settings": pipe.student_settings}
     cache = PredictionCache(cache_path, _fingerprint(model_config or {}, bench, component_cfg),
                             overwrite=overwrite)
     todo = [p for p in bench.passages if p.id not in cache.records]
