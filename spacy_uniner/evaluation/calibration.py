@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..component import check_threshold
+from ..default_student import file_sha256
 from ..models.base import Generation
 from .runner import PredictionCache, run_benchmark
 
@@ -36,8 +37,7 @@ def student_fingerprint(student: Any) -> str:
     weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
     payload = {
         "name": getattr(student, "name", type(student).__name__),
-        "adapter": hashlib.sha256(weights.read_bytes()).hexdigest()
-        if weights is not None and weights.exists() else adapter,
+        "adapter": file_sha256(weights) if weights is not None and weights.exists() else adapter,
         **{key: getattr(student, key, None)
            for key in ("dtype", "max_new_tokens", "grounded", "prefix_sharing")},
     }
