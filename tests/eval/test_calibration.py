@@ -52,11 +52,10 @@ def test_calibrate_cli_sweeps_once_and_records_the_best(
     settings = tmp_path / "uniner_student.json"
     settings.write_text(json.dumps({"note": "kept"}))
     out = tmp_path / "calibration.json"
-    result = CliRunner().invoke(app, [
-        "--model", str(tiny_model_dir), "--data", str(data), "--format", "bio",
-        "--label-map", "conll2003", "--biases", "-20,0,3,20", "--thresholds", "0,0.2,0.9",
-        "--threads", "1", "--write", str(settings), "--output", str(out), "--quiet",
-    ])
+    sweep = ["--model", str(tiny_model_dir), "--data", str(data), "--format", "bio",
+             "--label-map", "conll2003", "--biases", "-20,0,3,20", "--thresholds", "0,0.2,0.9",
+             "--threads", "1", "--output", str(out), "--quiet"]
+    result = CliRunner().invoke(app, sweep + ["--write", str(settings)])
     assert result.exit_code == 0, result.output
     swept = json.loads(out.read_text())
     # every bias with each multi_label setting and each threshold
@@ -93,24 +92,21 @@ def test_calibrate_cli_sweeps_once_and_records_the_best(
     kept = tmp_path / "calibration.replies.jsonl"
     lines = kept.read_text().splitlines()
     assert len(lines) == 1 + swept["queries"] and swept["replies"] == str(kept)
-    again = ["--model", str(tiny_model_dir), "--data", str(data), "--format", "bio",
-             "--label-map", "conll2003", "--biases", "-20,0,3,20", "--thresholds", "0,0.2,0.9",
-             "--threads", "1", "--output", str(out), "--quiet"]
     calls.clear()
-    result = CliRunner().invoke(app, again)
+    result = CliRunner().invoke(app, sweep)
     assert result.exit_code == 0, result.output
     assert calls == [] and json.loads(out.read_text())["rows"] == swept["rows"]
     kept.write_text("\n".join(lines[:6]) + "\n" + lines[6][:20])  # 5 replies and a torn line
-    result = CliRunner().invoke(app, again)
+    result = CliRunner().invoke(app, sweep)
     assert result.exit_code == 0, result.output
     assert sum(calls) == swept["queries"] - 5
     assert json.loads(out.read_text())["rows"] == swept["rows"]
     # replies of another student are not mixed in
-    other = CliRunner().invoke(app, again + ["--max-new-tokens", "3"])
+    other = CliRunner().invoke(app, sweep + ["--max-new-tokens", "3"])
     said = "".join(other.output.replace("│", "").split())
     assert other.exit_code != 0 and "calibration.replies.jsonl" in said and "--overwrite" in said
     calls.clear()
-    result = CliRunner().invoke(app, again + ["--max-new-tokens", "3", "--overwrite"])
+    result = CliRunner().invoke(app, sweep + ["--max-new-tokens", "3", "--overwrite"])
     assert result.exit_code == 0, result.output
     assert sum(calls) == swept["queries"]
 
