@@ -121,8 +121,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         f"layers; lr {cfg['learning_rate']} cosine, warm-up {cfg['warmup_ratio']}; batch "
         f"{cfg['batch_size']} x {cfg['grad_accum']} accumulation; max length {cfg['max_length']}; "
         f"{metrics['steps']} steps ({metrics['epochs']:.2f} epochs); bf16 autocast: {metrics['bf16']}; "
-        f"seed {cfg['seed']}. Trained on 2 CPU cores in {metrics['wall_s'] / 60:.0f} min "
-        f"(train loss {metrics['train_loss']:.3f}). Reproduce: `spacy project run student`.",
+        f"seed {cfg['seed']}. " + _sitting(metrics) + " Reproduce: `spacy project run student`.",
         "",
     ]
     swept = json.loads(calibration.read_text()) if calibration is not None else None
@@ -249,6 +248,15 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         "",
     ]
     return "\n".join(parts)
+
+
+def _sitting(metrics: Dict[str, Any]) -> str:
+    """Wall time and loss as train.finetune measured them: a resumed run's cover its last sitting."""
+    said = f"{metrics['wall_s'] / 60:.0f} min (train loss {metrics['train_loss']:.3f})"
+    if metrics.get("resumed_from"):
+        return (f"Trained on 2 CPU cores in sittings; the last, resumed from "
+                f"{Path(metrics['resumed_from']).name}, took {said}.")
+    return f"Trained on 2 CPU cores in {said}."
 
 
 @app.command()

@@ -85,6 +85,16 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
         "README.md", "adapter_config.json", "adapter_model.safetensors"]
     card = (dest / "README.md").read_text()
     assert "CC BY-NC 4.0" in card and "1 steps" in card
+    assert "Trained on 2 CPU cores in " in card and "in sittings" not in card
+    # a resumed run's wall time and loss cover its last sitting only: the card says so
+    metrics = json.loads((run / "metrics.json").read_text())
+    resumed = {**metrics, "resumed_from": str(run / "checkpoints" / "checkpoint-240")}
+    (run / "metrics.json").write_text(json.dumps(resumed))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert ("in sittings; the last, resumed from checkpoint-240, took "
+            in (dest / "README.md").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics))
     # with the dev suite's metrics, a calibration and its recorded bias
     dev = tmp_path / "dev"
     dev.mkdir()
