@@ -251,7 +251,8 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
 
 
 def _sitting(metrics: Dict[str, Any]) -> str:
-    """Wall time and loss as train.finetune measured them: a resumed run's cover its last sitting."""
+    """Wall time and loss as train.finetune measured them (a resumed run's: its last
+    sitting)."""
     said = f"{metrics['wall_s'] / 60:.0f} min (train loss {metrics['train_loss']:.3f})"
     if metrics.get("resumed_from"):
         return (f"Trained on 2 CPU cores in sittings; the last, resumed from "
