@@ -10,7 +10,8 @@ asks a seeded 200 passages per set unless ``--limit`` says otherwise. The
 zero-shot suite is test data: run it to report, never to choose.
 
 Writes to ``--output``: ``metrics.json``, ``predictions.jsonl`` (one line per
-query), ``results.md`` (the paper's rows beside ours), ``f1.png`` and
+query), ``results.md`` (the paper's rows beside ours, and where the strict errors come
+from), ``f1.png`` and
 ``cache/`` (finished passages; a rerun with the same settings resumes).
 """
 
@@ -172,7 +173,13 @@ def main(
         load_benchmark,
         zero_shot_suite,
     )
-    from spacy_uniner.evaluation.runner import averages, markdown_table, run_benchmark
+    from spacy_uniner.evaluation.runner import (
+        CacheMismatch,
+        averages,
+        error_table,
+        markdown_table,
+        run_benchmark,
+    )
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (suite is None) == (data is None):
@@ -207,17 +214,25 @@ def main(
     output.mkdir(parents=True, exist_ok=True)
     per_column: Dict[str, Dict[str, Any]] = {}
     total = sum(len(b.passages) for b in benches.values())
+    # Written aside and moved in place at the end: a run that stops keeps the last
+    # finished run's predictions (its finished passages are in cache/).
+    partial = output / "predictions.jsonl.partial"
     with tqdm(total=total, unit="passage", disable=quiet, mininterval=2.0) as bar, \
-            (output / "predictions.jsonl").open("w", encoding="utf8") as pred_fh:
+            partial.open("w", encoding="utf8") as pred_fh:
         for column, bench in benches.items():
             bar.set_description(bench.name)
-            result = run_benchmark(
-                nlp, bench, output / "cache" / f"{bench.name}.jsonl", model_config=block,
-                batch_size=passages_per_batch, overwrite=overwrite, progress=bar.update,
-            )
+            try:
+                result = run_benchmark(
+                    nlp, bench, output / "cache" / f"{bench.name}.jsonl", model_config=block,
+                    batch_size=passages_per_batch, overwrite=overwrite, progress=bar.update,
+                )
+            except CacheMismatch as err:  # names the file and the remedy
+                partial.unlink()
+                raise typer.BadParameter(str(err), param_hint="--output") from None
             per_column[column] = result.metrics
             for line in result.predictions:
                 pred_fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    partial.replace(output / "predictions.jsonl")
     totals: Dict[str, int] = {}
     for ds in per_column.values():
         for key, value in ds["counts"].items():
@@ -253,6 +268,12 @@ def main(
                 f"sets and UniNER's string metric (arXiv:2308.03279v2, Tab. 3); compare them "
                 f"with our 'UniNER string F1' row.")
     table = markdown_table(per_column, title=title, note=note)
+    errors = error_table(per_column)
+    if errors:
+        table += ("\nWhere the strict errors come from (% of each side; a span is counted under "
+                  "the first kind that fits: same offsets and type, same offsets and another "
+                  "type, overlapping a span of its type, overlapping only other types, "
+                  "overlapping nothing):\n\n" + errors)
     (output / "results.md").write_text(table)
     write_chart(per_column, output / "f1.png", title,
                 f"ours: {title}, {sample}" if suite is not None else "")

@@ -1,4 +1,5 @@
-"""NER metrics beyond spaCy's strict span F: partial match and UniNER's string metric.
+"""NER metrics beyond spaCy's strict span F: partial match, UniNER's string metric, and
+where the strict errors come from (:func:`error_kinds`).
 
 **Partial match** (UniversalNER paper, Tab. 5; Segura-Bedmar et al., 2013): a
 prediction identical to a gold span (type and boundaries) is one true
@@ -26,7 +27,7 @@ import json
 import re
 import string
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Hashable, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Hashable, Iterable, List, Sequence, Set, Tuple
 
 Span = Tuple[int, int, Hashable]  # start, end (exclusive), label
 
@@ -140,6 +141,41 @@ def partial_match_prf(pred: Iterable[Span], gold: Iterable[Span]) -> PRF:
     for counts in partial_match_counts(pred, gold).values():
         total += counts
     return total.prf()
+
+
+# --- error kinds --------------------------------------------------------------------
+
+# Most telling first: a span is counted under the first kind that fits it.
+ERROR_KINDS = ("exact", "wrong_type", "boundary", "boundary_and_type", "none")
+
+
+def _kind(span: Span, others: Set[Span]) -> str:
+    if span in others:
+        return "exact"
+    near = [o for o in others if _overlaps(span, o)]
+    if any(o[:2] == span[:2] for o in near):
+        return "wrong_type"
+    if any(o[2] == span[2] for o in near):
+        return "boundary"
+    return "boundary_and_type" if near else "none"
+
+
+def error_kinds(pred: Iterable[Span], gold: Iterable[Span]) -> Dict[str, Dict[str, int]]:
+    """Where strict errors come from, for one document: each predicted span by what
+    it meets in the gold, and each gold span by what it meets in the predictions.
+
+    Kinds (:data:`ERROR_KINDS`, the first that fits): ``exact`` (same offsets and
+    type), ``wrong_type`` (same offsets, another type), ``boundary`` (overlaps a span
+    of its type), ``boundary_and_type`` (overlaps only spans of other types),
+    ``none`` (overlaps nothing: a spurious prediction, a missed gold span).
+    RETURNS: {"predicted": {kind: count}, "gold": {kind: count}}, every kind present.
+    """
+    pred_set, gold_set = set(pred), set(gold)
+    out = {side: dict.fromkeys(ERROR_KINDS, 0) for side in ("predicted", "gold")}
+    for side, spans, others in (("predicted", pred_set, gold_set), ("gold", gold_set, pred_set)):
+        for span in spans:
+            out[side][_kind(span, others)] += 1
+    return out
 
 
 # --- UniNER string metric ------------------------------------------------------------

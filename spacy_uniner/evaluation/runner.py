@@ -22,7 +22,7 @@ from spacy.tokens import Doc, SpanGroup
 from spacy.training import Example
 
 from .benchmarks import DOMAINS, PAPER_ZERO_SHOT, ZERO_SHOT, Benchmark, GoldPassage
-from .metrics import reference_prf, uniner_string_counts
+from .metrics import ERROR_KINDS, error_kinds, reference_prf, uniner_string_counts
 from .scoring import score_all
 
 logger = logging.getLogger("spacy_uniner")
@@ -41,6 +41,10 @@ def _fingerprint(model_config: Dict[str, Any], bench: Benchmark, component_confi
         sort_keys=True, default=str,
     )
     return hashlib.sha256(payload.encode("utf8")).hexdigest()[:16]
+
+
+class CacheMismatch(ValueError):
+    """A cache file written for another model, configuration or dataset."""
 
 
 class PredictionCache:
@@ -68,7 +72,7 @@ class PredictionCache:
         lines = self.path.read_text(encoding="utf8").splitlines()
         header = json.loads(lines[0]) if lines else {}
         if header.get("fingerprint") != self.fingerprint:
-            raise ValueError(
+            raise CacheMismatch(
                 f"{self.path} was written for a different model, configuration or dataset "
                 f"(fingerprint {header.get('fingerprint')} != {self.fingerprint}); {self.remedy}"
             )
@@ -210,10 +214,13 @@ def run_benchmark(
     uniner = uniner_string_counts(replies, golds)
     n_pred = sum(len(eg.predicted.spans[spans_key]) for eg in examples)
     strict_counts = []  # per passage: true positives, predicted, gold (strict spans)
+    errors = {side: Counter(dict.fromkeys(ERROR_KINDS, 0)) for side in ("predicted", "gold")}
     for eg in examples:
         pred = {(sp.start_char, sp.end_char, sp.label_) for sp in eg.predicted.spans[spans_key]}
         gold = {(sp.start_char, sp.end_char, sp.label_) for sp in eg.reference.spans[spans_key]}
         strict_counts.append([len(pred & gold), len(pred), len(gold)])
+        for side, kinds in error_kinds(pred, gold).items():
+            errors[side].update(kinds)
     metrics = {
         "dataset": bench.name,
         "source": bench.source,
@@ -241,6 +248,7 @@ def run_benchmark(
             "gold_mentions_not_found": bench.stats.get("gold_mentions_not_found", 0),
         },
         "strict_counts": strict_counts,
+        "errors": {side: dict(kinds) for side, kinds in errors.items()},
     }
     return DatasetResult(bench.name, metrics, predictions)
 
@@ -290,6 +298,34 @@ def bootstrap_interval(
     averages /= len(arrays)
     low, high = np.percentile(averages, [2.5, 97.5])
     return [float(low), float(high)]
+
+
+_KIND_NAMES = {"exact": ("right", "found"), "wrong_type": ("wrong type", "wrong type"),
+               "boundary": ("boundary", "boundary"),
+               "boundary_and_type": ("boundary and type", "boundary and type"),
+               "none": ("spurious", "missed")}
+
+
+def error_table(per_column: Dict[str, Dict[str, Any]]) -> str:
+    """Where the strict errors come from, per dataset (:func:`.metrics.error_kinds`):
+    the predicted spans by what they meet in the gold, then the gold spans by what
+    they meet in the predictions, each as a share (%) of its side. Empty when no
+    column has the counts (metrics written before they were kept)."""
+    columns = [c for c in per_column if "errors" in per_column[c]]
+    if not columns:
+        return ""
+    lines = []
+    for side, what in (("predicted", "predicted spans"), ("gold", "gold spans")):
+        names = [_KIND_NAMES[k][side == "gold"] for k in ERROR_KINDS]
+        lines += [f"| {what} | n | " + " | ".join(f"{n} %" for n in names) + " |",
+                  "|---|---:|" + "---:|" * len(names)]
+        for c in columns:
+            kinds = per_column[c]["errors"][side]
+            total = sum(kinds.values())
+            cells = [f"{100 * kinds[k] / total:.0f}" if total else "-" for k in ERROR_KINDS]
+            lines.append(f"| {c} | {total:,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def markdown_table(per_column: Dict[str, Dict[str, Any]], *, title: str = "ours",

@@ -9,6 +9,7 @@ import pytest
 
 from spacy_uniner.evaluation.metrics import (
     PRF,
+    error_kinds,
     normalize_answer,
     partial_match_counts,
     partial_match_prf,
@@ -18,6 +19,40 @@ from spacy_uniner.evaluation.metrics import (
     uniner_parse,
     uniner_string_counts,
 )
+
+# --- error kinds ---------------------------------------------------------------------
+
+
+def test_error_kinds_by_hand():
+    gold = [(0, 2, "person"), (3, 5, "location"), (6, 9, "organization"), (10, 12, "person"),
+            (20, 22, "date")]
+    pred = [
+        (0, 2, "person"),  # exact
+        (3, 5, "organization"),  # same offsets as the location: wrong type
+        (6, 8, "organization"),  # inside the organization: boundary
+        (10, 13, "location"),  # overlaps only a person: boundary and type
+        (14, 16, "person"),  # meets nothing: spurious
+        (14, 16, "person"),  # a duplicate counts once
+    ]
+    kinds = error_kinds(pred, gold)
+    assert kinds["predicted"] == {"exact": 1, "wrong_type": 1, "boundary": 1,
+                                  "boundary_and_type": 1, "none": 1}
+    # the date is missed; the location is found only under another type
+    assert kinds["gold"] == {"exact": 1, "wrong_type": 1, "boundary": 1,
+                             "boundary_and_type": 1, "none": 1}
+
+
+def test_error_kinds_prefers_the_most_telling_kind():
+    # one prediction meets a gold span of its type (boundary) and one of another type
+    # with its own offsets (wrong type): same offsets come first
+    kinds = error_kinds([(0, 4, "a")], [(0, 4, "b"), (0, 2, "a")])
+    assert kinds["predicted"]["wrong_type"] == 1
+    assert kinds["gold"] == {"exact": 0, "wrong_type": 1, "boundary": 1,
+                             "boundary_and_type": 0, "none": 0}
+    assert error_kinds([], []) == {side: dict.fromkeys(
+        ("exact", "wrong_type", "boundary", "boundary_and_type", "none"), 0)
+        for side in ("predicted", "gold")}
+
 
 # --- partial match -------------------------------------------------------------------
 

@@ -69,6 +69,8 @@ def test_oracle_scores_one_on_a_real_slice(ai_slice, tmp_path):
         assert ds[metric]["f"] == pytest.approx(1.0), metric
     assert ds["uniner"]["reference"]["f1"] == pytest.approx(1.0, abs=1e-9)
     assert ds["counts"]["parse_failures"] == 0
+    assert ds["errors"]["predicted"]["exact"] == ds["counts"]["predicted_spans"] > 0
+    assert sum(ds["errors"]["gold"].values()) == ds["errors"]["gold"]["exact"]
 
 
 def test_runner_numbers_equal_nlp_evaluate(tmp_path, ai_slice):
@@ -101,6 +103,13 @@ def test_runner_numbers_equal_nlp_evaluate(tmp_path, ai_slice):
     tp, pred, gold = (sum(c[k] for c in ds["strict_counts"]) for k in range(3))
     assert len(ds["strict_counts"]) == len(bench.passages)
     assert 2 * tp / (pred + gold) == pytest.approx(ds["strict"]["f"])
+    # the error kinds account for every predicted and every gold span
+    errors = ds["errors"]
+    assert errors["predicted"]["exact"] == errors["gold"]["exact"] == tp
+    assert sum(errors["predicted"].values()) == pred and sum(errors["gold"].values()) == gold
+    assert errors["predicted"]["boundary"] >= 1  # "Gaussian mixture model s"
+    assert errors["gold"]["none"] >= 1  # types the double never answers: their gold is missed
+    assert "Where the strict errors come from" in (out / "results.md").read_text()
     low, high = _metrics(out)["averages"]["overall"]["strict_ci95"]
     assert low < ds["strict"]["f"] < high
     assert "95% bootstrap interval" in (out / "results.md").read_text()
@@ -167,9 +176,15 @@ def test_cache_of_another_model_is_refused(ai_slice, tmp_path):
                                                "replies": {"person": '["x"]'}})
     result = _run("--model-config", first, "--data", ai_slice, "--output", out, "--quiet")
     assert result.exit_code == 0
+    before = (out / "predictions.jsonl").read_text()
     result = _run("--model-config", second, "--data", ai_slice, "--output", out, "--quiet")
-    assert result.exit_code != 0
-    assert "different model" in str(result.exception)
+    assert result.exit_code == 2
+    squeezed = "".join(result.output.replace("│", "").split())  # the error box, unwrapped
+    assert "ai_slice.jsonlwaswrittenforadifferentmodel" in squeezed
+    assert "--overwrite" in squeezed
+    # the refused run leaves the finished run's predictions as they were
+    assert (out / "predictions.jsonl").read_text() == before
+    assert not (out / "predictions.jsonl.partial").exists()
     ok = _run("--model-config", second, "--data", ai_slice, "--output", out, "--quiet",
               "--overwrite")
     assert ok.exit_code == 0, ok.output
