@@ -40,6 +40,10 @@ def main(
     workers: int = typer.Option(D["workers"], help="Ray Train workers (0: this process)."),
     use_gpu: bool = typer.Option(D["use_gpu"], help="Train on GPUs."),
     overwrite: bool = typer.Option(D["overwrite"], help="Train again although metrics.json exists."),
+    init_adapter: Optional[str] = typer.Option(
+        D["init_adapter"], help="Start from this LoRA adapter folder ('default': the shipped "
+        "student, e.g. to adapt it to your own labelled data) instead of a fresh one; its rank, "
+        "alpha and target modules are kept (--lora-r/--lora-alpha do not apply)."),
 ) -> None:
     """Train a UniNER student; resumes an interrupted run, skips a finished one."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -49,6 +53,7 @@ def main(
         learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, packing=packing, bf16=bf16, seed=seed, save_steps=save_steps,
         threads=threads, workers=workers, use_gpu=use_gpu, overwrite=overwrite,
+        init_adapter=init_adapter,
     )
     try:
         metrics = finetune(cfg)

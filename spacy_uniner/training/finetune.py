@@ -44,6 +44,9 @@ class FinetuneConfig:
     use_gpu: bool = False
     overwrite: bool = False
     adapter_dtype: str = "bfloat16"
+    # LoRA: start from this trained adapter ("default": the shipped student) instead
+    # of a fresh one; its own rank, alpha and target modules are kept.
+    init_adapter: Optional[str] = None
 
 
 def bf16_supported(use_gpu: bool) -> bool:
@@ -99,7 +102,11 @@ def build_trainer(cfg: FinetuneConfig, callbacks: Optional[List[Any]] = None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if cfg.lora:
+    if cfg.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(start_adapter(cfg)), is_trainable=True)
+    elif cfg.lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
@@ -143,6 +150,27 @@ def build_trainer(cfg: FinetuneConfig, callbacks: Optional[List[Any]] = None):
         callbacks=callbacks,
     )
     return trainer, tokenizer, {**data_stats, "bf16": use_bf16, "base_path": base}
+
+
+def start_adapter(cfg: FinetuneConfig) -> Path:
+    """The adapter ``cfg.init_adapter`` names, checked against the run: LoRA only, and
+    trained on the base this run trains (as its ``adapter_config.json`` names it)."""
+    from ..default_student import DEFAULT_MODEL, default_adapter
+
+    if not cfg.lora:
+        raise ValueError(f"init_adapter={cfg.init_adapter!r} continues a LoRA adapter: "
+                         f"it cannot start a full fine-tune")
+    path = default_adapter() if cfg.init_adapter == DEFAULT_MODEL else Path(cfg.init_adapter)
+    if path is None:
+        raise FileNotFoundError("init_adapter='default': this install ships no default adapter")
+    config_file = path / "adapter_config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
+    trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if trained_on not in (None, cfg.base_model):
+        raise ValueError(f"{path} was trained on base {trained_on!r}, not on "
+                         f"{cfg.base_model!r}: give --base-model {trained_on}")
+    return path
 
 
 def _last_checkpoint(output: Path) -> Optional[str]:
@@ -193,6 +221,8 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     if metrics_path.exists() and not cfg.overwrite:
         logger.warning("%s exists: the run is done (use overwrite to train again)", metrics_path)
         return json.loads(metrics_path.read_text())
+    if cfg.init_adapter:
+        start_adapter(cfg)  # refused before anything loads
     output.mkdir(parents=True, exist_ok=True)
     if cfg.workers > 0:
         return _finetune_ray(cfg)

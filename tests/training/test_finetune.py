@@ -52,6 +52,43 @@ def test_interrupted_run_resumes_from_checkpoint(data_dir, tmp_path, tiny_model_
     assert metrics["steps"] == 3
 
 
+def test_run_can_start_from_a_trained_adapter(data_dir, tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    finetune(config(data_dir, first, tiny_model_dir, learning_rate=1e-2))
+    trained = load_file(str(first / "adapter" / "adapter_model.safetensors"))
+    # a fresh LoRA adapter starts with B = 0: the trained one has moved away from it
+    assert any(t.abs().sum() > 0 for name, t in trained.items() if "lora_B" in name)
+    # with learning rate 0 the second run saves exactly the adapter it started from
+    second = tmp_path / "second"
+    metrics = finetune(config(data_dir, second, tiny_model_dir, learning_rate=0.0, lora_r=4,
+                              init_adapter=str(first / "adapter")))
+    assert metrics["steps"] == 2
+    again = load_file(str(second / "adapter" / "adapter_model.safetensors"))
+    assert set(again) == set(trained)
+    assert all(again[name].equal(trained[name]) for name in trained)
+    # its own rank is kept (lora_r=4 does not apply)
+    rank = json.loads((first / "adapter" / "adapter_config.json").read_text())["r"]
+    assert json.loads((second / "adapter" / "adapter_config.json").read_text())["r"] == rank != 4
+    record = json.loads((second / "uniner_training.json").read_text())
+    assert record["config"]["init_adapter"] == str(first / "adapter")
+
+
+def test_start_adapter_errors_name_the_problem(data_dir, tmp_path, tiny_model_dir):
+    first = tmp_path / "first"
+    finetune(config(data_dir, first, tiny_model_dir))
+    adapter = str(first / "adapter")
+    with pytest.raises(ValueError, match="cannot start a full fine-tune"):
+        finetune(config(data_dir, tmp_path / "a", tiny_model_dir, lora=False, init_adapter=adapter))
+    with pytest.raises(FileNotFoundError, match="not a LoRA adapter folder"):
+        finetune(config(data_dir, tmp_path / "b", tiny_model_dir, init_adapter=str(tmp_path)))
+    other = tmp_path / "other-base"
+    other.mkdir()
+    with pytest.raises(ValueError, match=r"was trained on base .* give --base-model"):
+        finetune(config(data_dir, tmp_path / "c", other, init_adapter=adapter))
+
+
 def test_full_finetune(data_dir, tmp_path, tiny_model_dir):
     out = tmp_path / "full"
     metrics = finetune(config(data_dir, out, tiny_model_dir, lora=False, max_steps=1, packing=True))
