@@ -523,7 +523,7 @@ class UniversalNER(Pipe):
 
     def _read_reply(
         self, text: str, start: int, end: int, label: str, gen: Generation, out: DocPrediction,
-        query: int = -1,
+        query: int,
     ) -> None:
         parsed = parse_student_reply(gen.text)
         out.stats["queries"] += 1
