@@ -15,7 +15,6 @@ A span's score is the geometric-mean probability of the reply tokens that
 spell the mention (the highest over windows where it was found more than once).
 """
 
-import json
 import logging
 import warnings
 from collections import Counter, deque
@@ -40,7 +39,6 @@ from .weights import read_bundle, weights_owner, write_bundle
 logger = logging.getLogger("spacy_uniner")
 
 ENTS_POLICIES = ("score", "longest", "first")
-TYPE_CHOICES = ("confidence", "likelihood")
 DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v2", "name": "default"}
 
 
@@ -56,7 +54,6 @@ DEFAULT_MODEL_CONFIG = {"@uniner_models": "spacy_uniner.HFStudent.v2", "name": "
         "ents_policy": "score",
         "threshold": None,
         "multi_label": None,
-        "type_choice": None,
         "max_passage_tokens": 256,
         "window_overlap": 32,
         "dataset": None,
@@ -82,7 +79,6 @@ def make_universal_ner(
     ents_policy: str,
     threshold: Optional[float],
     multi_label: Optional[bool],
-    type_choice: Optional[str],
     max_passage_tokens: int,
     window_overlap: int,
     dataset: Optional[str],
@@ -111,12 +107,6 @@ def make_universal_ner(
         (true), or only its best-scoring type (false). None: the student's
         recorded choice (``multi_label`` in the adapter's ``uniner_student.json``,
         chosen on the dev suite for the default student), else true.
-    type_choice (Optional[str]): with one type per span, how that type is chosen
-        among those the student gave: "confidence" (the highest span score) or
-        "likelihood" (the student's log-probability of answering the type's
-        question with the mention first, ``["mention"``, asked once more per
-        competing type; students without ``score_replies`` use confidence).
-        None: the student's recorded choice, else "confidence".
     max_passage_tokens (int): the most student tokens per window.
     window_overlap (int): student tokens shared by consecutive windows.
     dataset (Optional[str]): dataset name for the dataset-specific template.
@@ -152,7 +142,6 @@ def make_universal_ner(
         ents_policy=ents_policy,
         threshold=threshold,
         multi_label=multi_label,
-        type_choice=type_choice,
         max_passage_tokens=max_passage_tokens,
         window_overlap=window_overlap,
         dataset=dataset,
@@ -164,21 +153,16 @@ def make_universal_ner(
 
 
 def best_label_per_span(
-    scored: Dict[Tuple[int, int, str], float],
-    ranks: Optional[Dict[Tuple[int, int, str], float]] = None,
+    scored: Dict[Tuple[int, int, str], float]
 ) -> Dict[Tuple[int, int, str], float]:
     """Of the types given to one (start, end), only the best-scoring one (ties: the
-    first label in alphabetical order). ``ranks``: what to compare instead of the
-    scores where every type of a span has one (e.g. the student's likelihoods)."""
-    ranks = ranks or {}
-    by_span: Dict[Tuple[int, int], List[Tuple[int, int, str]]] = {}
+    first label in alphabetical order)."""
+    best: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
     for key in sorted(scored):
-        by_span.setdefault(key[:2], []).append(key)
-    best = []
-    for keys in by_span.values():
-        measure = ranks if all(k in ranks for k in keys) else scored
-        best.append(max(keys, key=lambda k: measure[k]))  # max keeps the first of ties
-    return {key: scored[key] for key in best}
+        here = best.get(key[:2])
+        if here is None or scored[key] > scored[here]:
+            best[key[:2]] = key
+    return {key: scored[key] for key in best.values()}
 
 
 @dataclass
@@ -186,10 +170,6 @@ class DocPrediction:
     """What the student said about one document."""
 
     spans: Dict[Tuple[int, int, str], float] = field(default_factory=dict)
-    # per span: the query (index in the batch's prompts) and the mention it came from
-    sources: Dict[Tuple[int, int, str], Tuple[int, str]] = field(default_factory=dict)
-    # per span whose type was contested: the student's log-probability of the type
-    type_scores: Dict[Tuple[int, int, str], float] = field(default_factory=dict)
     replies: List[Dict[str, Any]] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
 
@@ -275,7 +255,6 @@ class UniversalNER(Pipe):
         ents_policy: str = "score",
         threshold: Optional[float] = None,
         multi_label: Optional[bool] = None,
-        type_choice: Optional[str] = None,
         max_passage_tokens: int = 256,
         window_overlap: int = 32,
         dataset: Optional[str] = None,
@@ -312,10 +291,6 @@ class UniversalNER(Pipe):
         if multi_label is not None and not isinstance(multi_label, bool):
             raise ValueError(f"multi_label must be true, false or null, got {multi_label!r}")
         self.multi_label = multi_label
-        if type_choice is not None and type_choice not in TYPE_CHOICES:
-            raise ValueError(
-                f"type_choice must be one of {TYPE_CHOICES} or null, got {type_choice!r}")
-        self.type_choice = type_choice
         self.max_passage_tokens = max_passage_tokens
         self.window_overlap = window_overlap
         self.dataset = dataset
@@ -487,43 +462,14 @@ class UniversalNER(Pipe):
                 f"The student returned {len(generations)} replies for {len(prompt_texts)} prompts"
             )
         texts = [doc.text for doc in docs]  # Doc.text joins its tokens on every call
-        for q, ((i, start, end, label), gen) in enumerate(zip(queries, generations)):
-            self._read_reply(texts[i], start, end, label, gen, results[i], q)
-        if self.chooses_types_by == "likelihood" and not self.keeps_every_label:
-            self._score_contested_types(results, prompt_texts)
+        for (i, start, end, label), gen in zip(queries, generations):
+            self._read_reply(texts[i], start, end, label, gen, results[i])
         for result in results:
             self.stats.update(result.stats)
         return results
 
-    def _score_contested_types(
-        self, results: List[DocPrediction], prompt_texts: List[str]
-    ) -> None:
-        """For every span given several types, the student's log-probability of
-        each type's question answered with the mention first (``type_scores``)."""
-        score = getattr(self.model, "score_replies", None)
-        if not callable(score):
-            return
-        asks: Dict[Tuple[int, str], float] = {}
-        contested = []
-        for result in results:
-            labels: Dict[Tuple[int, int], int] = Counter(key[:2] for key in result.spans)
-            for key in result.spans:
-                if labels[key[:2]] > 1:
-                    contested.append((result, key))
-                    asks[result.sources[key]] = 0.0
-        if not asks:
-            return
-        wanted = list(asks)
-        replies = ["[" + json.dumps(mention, ensure_ascii=False) for _, mention in wanted]
-        for ask, value in zip(wanted, score([prompt_texts[q] for q, _ in wanted], replies)):
-            asks[ask] = value
-        for result, key in contested:
-            result.type_scores[key] = asks[result.sources[key]]
-        self.stats["type_scores"] += len(wanted)
-
     def _read_reply(
-        self, text: str, start: int, end: int, label: str, gen: Generation, out: DocPrediction,
-        query: int,
+        self, text: str, start: int, end: int, label: str, gen: Generation, out: DocPrediction
     ) -> None:
         parsed = parse_student_reply(gen.text)
         out.stats["queries"] += 1
@@ -542,9 +488,7 @@ class UniversalNER(Pipe):
             score = gen.confidence(at, at + len(mention)) if at >= 0 else gen.confidence(0, 0)
             for s, e in found:
                 key = (start + s, start + e, label)
-                if key not in out.spans or score > out.spans[key]:
-                    out.spans[key] = score
-                    out.sources[key] = (query, mention)
+                out.spans[key] = max(score, out.spans.get(key, 0.0))
         if self.store_replies:
             out.replies.append(
                 {
@@ -559,7 +503,6 @@ class UniversalNER(Pipe):
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:
         for doc, pred in zip(docs, predictions):
             best: Dict[Tuple[int, int, str], float] = {}
-            ranks: Dict[Tuple[int, int, str], float] = {}
             threshold = self.score_threshold
             for (s, e, label), score in pred.spans.items():
                 if score < threshold:
@@ -570,11 +513,8 @@ class UniversalNER(Pipe):
                     continue
                 key = (span.start, span.end, label)
                 best[key] = max(score, best.get(key, 0.0))
-                rank = pred.type_scores.get((s, e, label))
-                if rank is not None:
-                    ranks[key] = max(rank, ranks.get(key, rank))
             if not self.keeps_every_label:
-                best = best_label_per_span(best, ranks)
+                best = best_label_per_span(best)
             keys = sorted(best)
             self._add_to_group(doc, keys, best)
             if self.write_ents:
@@ -594,14 +534,6 @@ class UniversalNER(Pipe):
         if self.threshold is not None:
             return self.threshold
         return float(self.student_settings.get("threshold", 0.0))
-
-    @property
-    def chooses_types_by(self) -> str:
-        """How one type per span is chosen (``type_choice``, else the student's
-        recorded choice, else "confidence")."""
-        if self.type_choice is not None:
-            return self.type_choice
-        return str(self.student_settings.get("type_choice", "confidence"))
 
     @property
     def keeps_every_label(self) -> bool:

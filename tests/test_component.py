@@ -97,55 +97,6 @@ def test_multi_label_null_takes_the_students_recorded_choice():
         UniversalNER(nlp.vocab, pipe.model, multi_label="no")
 
 
-def test_type_choice_likelihood_asks_the_student_about_contested_spans_only():
-    from spacy_uniner.testing import ScriptedStudent
-
-    class Scoring(ScriptedStudent):
-        """Scores a reply by its question's type (a table), recording what it is asked."""
-
-        def __init__(self, likelihoods, **kwargs):
-            super().__init__(**kwargs)
-            self.likelihoods = likelihoods
-            self.asked = []
-
-        def score_replies(self, prompts, replies):
-            self.asked += [(parse_query(p)[1], r) for p, r in zip(prompts, replies)]
-            return [self.likelihoods[parse_query(p)[1]] for p in prompts]
-
-    replies = {"band": '["Nirvana"]', "song": '["Nirvana", "Lithium"]', "person": '["Kurt"]'}
-    scores = {"band": 0.5, "song": 0.9, "person": 0.8}  # confidence prefers song
-    nlp = make_nlp({}, labels=["band", "song", "person"], multi_label=False)
-    pipe = nlp.get_pipe("universal_ner")
-    pipe.model = Scoring({"band": -0.5, "song": -3.0, "person": -9.0}, replies=replies,
-                         scores=scores)
-    text = "Kurt sang Lithium with Nirvana."
-    assert sorted(spans(nlp(text))) == [("Kurt", "person"), ("Lithium", "song"),
-                                        ("Nirvana", "song")]
-    assert pipe.model.asked == []  # confidence asks nothing more
-    pipe.type_choice = "likelihood"
-    doc = nlp(text)
-    assert sorted(spans(doc)) == [("Kurt", "person"), ("Lithium", "song"), ("Nirvana", "band")]
-    # the kept span keeps its confidence as its score
-    assert doc.spans["universal_ner"].attrs["scores"][spans(doc).index(("Nirvana", "band"))] \
-        == pytest.approx(0.5)
-    # only the contested mention, once per type that gave it, as the start of a reply
-    assert sorted(pipe.model.asked) == [("band", '["Nirvana"'), ("song", '["Nirvana"')]
-    # with every type kept nothing is contested
-    pipe.model.asked = []
-    pipe.multi_label = True
-    assert len(nlp(text).spans["universal_ner"]) == 4 and pipe.model.asked == []
-    # the student's recorded choice applies when the component has none
-    pipe.multi_label, pipe.type_choice = False, None
-    pipe.model.settings = {"type_choice": "likelihood"}
-    assert ("Nirvana", "band") in spans(nlp(text))
-    # a student that cannot score falls back to confidence
-    nlp2 = make_nlp(replies, labels=["band", "song", "person"], scores=scores,
-                    multi_label=False, type_choice="likelihood")
-    assert ("Nirvana", "song") in spans(nlp2(text))
-    with pytest.raises(ValueError, match="type_choice must be one of"):
-        make_nlp({}, type_choice="vote")
-
-
 @pytest.mark.parametrize(
     "policy,expected",
     [

@@ -250,24 +250,3 @@ def test_v1_accepts_the_retired_speed_settings_and_warns(tiny_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_hf_student_v1(name=str(tiny_model_dir))  # the old defaults: no warning
-
-
-def test_score_replies_equals_a_forward_of_each_prompt_alone(student):
-    import torch
-
-    texts = ["Paris is in France.", "Ada Lovelace met Charles Babbage in London in 1833."]
-    asks = [(prompts.render_query(texts[0], "city"), '["Paris"'),
-            (prompts.render_query(texts[1], "person"), '["Ada Lovelace"'),
-            (prompts.render_query(texts[1], "year"), '["1833"]')]
-    got = student.score_replies([p for p, _ in asks], [r for _, r in asks])
-    tok, model = student.tokenizer, student._model
-    for (prompt, reply), value in zip(asks, got):  # one unpadded forward each
-        p, r = tok(prompt)["input_ids"], tok(reply, add_special_tokens=False)["input_ids"]
-        with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([p + r])).logits[0].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        expected = sum(float(logprobs[len(p) - 1 + j, t]) for j, t in enumerate(r))
-        assert value == pytest.approx(expected, abs=1e-3)
-        assert value < 0
-    with pytest.raises(ValueError, match="2 prompts but 1 replies"):
-        student.score_replies([asks[0][0]] * 2, ['["x"'])

@@ -73,10 +73,6 @@ class MarginReplay:
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
         return self.student.token_offsets(text)
 
-    def score_replies(self, prompts: Sequence[str], replies: Sequence[str]) -> List[float]:
-        """The student's own (see :meth:`HFStudent.score_replies`): no bias applies."""
-        return self.student.score_replies(prompts, replies)
-
     def generate(self, prompts: Sequence[str]) -> List[Generation]:
         todo = [p for p in dict.fromkeys(prompts) if p not in self.seen]
         if todo and self.cache is not None:

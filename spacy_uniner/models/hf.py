@@ -253,49 +253,6 @@ class HFStudent:
         replies = self._generate(prompts, choose, 0.0)
         return [(gen, margins[i]) for i, gen in enumerate(replies)]
 
-    def score_replies(self, prompts: Sequence[str], replies: Sequence[str]) -> List[float]:
-        """Per prompt, the log-probability (nats) of ``reply`` as the start of its
-        answer: the sum over the reply's tokens, each given the prompt and the tokens
-        before it (no ``empty_bias``: the model's own probabilities)."""
-        import torch
-
-        if len(prompts) != len(replies):
-            raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies to score")
-        self.load()
-        tok = self.tokenizer
-        items = []
-        for i, (prompt, reply) in enumerate(zip(prompts, replies)):
-            ids = tok(reply, add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"reply {i} to score has no tokens: {reply!r}")
-            items.append((i, tok(prompt)["input_ids"], ids))
-        items.sort(key=lambda item: len(item[1]) + len(item[2]))
-        out = [0.0] * len(items)
-        device = self._model.device
-        for b in range(0, len(items), self.batch_size):
-            batch = items[b : b + self.batch_size]
-            width = max(len(p) + len(r) for _, p, r in batch)
-            keep = max(len(r) for _, _, r in batch) + 1
-            ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, p, r) in enumerate(batch):  # left padding: replies end together
-                ids[row, width - len(p) - len(r) :] = torch.tensor(p + r)
-                mask[row, width - len(p) - len(r) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                logits = self._model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    logits_to_keep=keep,
-                ).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)  # (rows, keep, vocab)
-            for row, (i, _, r) in enumerate(batch):
-                # the logits at column keep-1-len(r)+j predict reply token j
-                cols = torch.arange(keep - 1 - len(r), keep - 1)
-                out[i] = float(logprobs[row, cols, torch.tensor(r)].sum())
-        return out
-
     def _generate(
         self, prompts: Sequence[str], choose: Optional[Any], empty_bias: float
     ) -> List[Generation]:
