@@ -97,45 +97,6 @@ def test_multi_label_null_takes_the_students_recorded_choice():
         UniversalNER(nlp.vocab, pipe.model, multi_label="no")
 
 
-def test_type_choice_specific_keeps_the_narrowest_type():
-    # the person answer lists every writer and more: writer is the narrower type;
-    # location and country share no subset order for "Paris" (each has its own mention)
-    replies = {"person": '["Tolkien", "Lewis", "Edith"]', "writer": '["Tolkien", "Lewis"]',
-               "location": '["Oxford", "Paris"]', "country": '["Paris", "France"]'}
-    scores = {"person": 0.9, "writer": 0.6, "location": 0.8, "country": 0.7}
-    labels = ["person", "writer", "location", "country"]
-    text = "Tolkien and Lewis met Edith in Oxford, not in Paris, France."
-    by_confidence = make_nlp(replies, labels=labels, scores=scores, multi_label=False)
-    assert sorted(spans(by_confidence(text))) == [
-        ("Edith", "person"), ("France", "country"), ("Lewis", "person"), ("Oxford", "location"),
-        ("Paris", "location"), ("Tolkien", "person")]
-    nlp = make_nlp(replies, labels=labels, scores=scores, multi_label=False,
-                   type_choice="specific")
-    doc = nlp(text)
-    assert sorted(spans(doc)) == [
-        ("Edith", "person"), ("France", "country"), ("Lewis", "writer"), ("Oxford", "location"),
-        ("Paris", "location"), ("Tolkien", "writer")]
-    # the kept span keeps its own score
-    group = doc.spans["universal_ner"]
-    assert group.attrs["scores"][spans(doc).index(("Tolkien", "writer"))] == pytest.approx(0.6)
-    # equal answers order nothing: the score decides
-    same = make_nlp({"person": '["Tolkien"]', "writer": '["Tolkien"]'}, labels=["person", "writer"],
-                    scores={"person": 0.9, "writer": 0.6}, multi_label=False,
-                    type_choice="specific")
-    assert spans(same("Tolkien wrote.")) == [("Tolkien", "person")]
-    # with every type kept nothing is chosen
-    pipe = nlp.get_pipe("universal_ner")
-    pipe.multi_label = True
-    assert len(nlp(text).spans["universal_ner"]) == 9
-    # the student's recorded choice applies when the component has none
-    pipe.multi_label, pipe.type_choice = False, None
-    assert ("Tolkien", "person") in spans(nlp(text))
-    pipe.model.settings = {"type_choice": "specific"}
-    assert ("Tolkien", "writer") in spans(nlp(text))
-    with pytest.raises(ValueError, match="type_choice must be one of"):
-        make_nlp({}, type_choice="vote")
-
-
 @pytest.mark.parametrize(
     "policy,expected",
     [

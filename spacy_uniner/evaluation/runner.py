@@ -170,9 +170,6 @@ def run_benchmark(
                      # what the adapter records (empty_bias, multi_label, threshold) changes
                      # the predictions
                      "multi_label": pipe.keeps_every_label,
-                     # (only when not the default: caches from before it stay valid)
-                     **({"type_choice": pipe.chooses_types_by}
-                        if pipe.chooses_types_by != "confidence" else {}),
                      "student_settings": pipe.student_settings}
     cache = PredictionCache(cache_path, _fingerprint(model_config or {}, bench, component_cfg),
                             overwrite=overwrite)
