@@ -121,7 +121,8 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         f"layers; lr {cfg['learning_rate']} cosine, warm-up {cfg['warmup_ratio']}; batch "
         f"{cfg['batch_size']} x {cfg['grad_accum']} accumulation; max length {cfg['max_length']}; "
         f"{metrics['steps']} steps ({metrics['epochs']:.2f} epochs); bf16 autocast: {metrics['bf16']}; "
-        f"seed {cfg['seed']}. " + _sitting(metrics) + " Reproduce: `spacy project run student`.",
+        f"seed {cfg['seed']}. " + _started(record) + _sitting(metrics)
+        + " Reproduce: `spacy project run student`.",
         "",
     ]
     swept = json.loads(calibration.read_text()) if calibration is not None else None
@@ -248,6 +249,15 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
         "",
     ]
     return "\n".join(parts)
+
+
+def _started(record: Dict[str, Any]) -> str:
+    """Where a run that continued a trained adapter (train.finetune --init-adapter) began."""
+    start = record.get("init_adapter")
+    if not start:
+        return ""
+    return (f"The run continued a trained adapter ({Path(start['path']).name}, adapter_model "
+            f"sha256 {start['sha256'][:12]}), not a fresh one. ")
 
 
 def _sitting(metrics: Dict[str, Any]) -> str:

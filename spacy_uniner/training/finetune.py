@@ -201,8 +201,22 @@ def save_result(cfg: FinetuneConfig, trainer: Any, tokenizer: Any, info: Dict[st
     tokenizer.save_pretrained(target)
     data_dir = Path(cfg.data)
     data_stats = data_dir / "stats.json"
+    config = asdict(cfg)
+    started_from = None
+    if cfg.init_adapter:
+        from ..default_student import file_sha256
+
+        # The rank and the rest come from the adapter the run started from: record
+        # those, and which adapter that was ('default' names another one once shipped).
+        lora = next(iter(trainer.model.peft_config.values()))
+        config.update(lora_r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=sorted(lora.target_modules))
+        start = start_adapter(cfg)
+        started_from = {"path": str(start),
+                        "sha256": file_sha256(start / "adapter_model.safetensors")}
     record = {
-        "config": asdict(cfg),
+        "config": config,
+        "init_adapter": started_from,
         "base_model": cfg.base_model,
         "base_path": info.get("base_path"),
         "data": str(data_dir),

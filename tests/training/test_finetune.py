@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -73,6 +74,12 @@ def test_run_can_start_from_a_trained_adapter(data_dir, tmp_path, tiny_model_dir
     assert json.loads((second / "adapter" / "adapter_config.json").read_text())["r"] == rank != 4
     record = json.loads((second / "uniner_training.json").read_text())
     assert record["config"]["init_adapter"] == str(first / "adapter")
+    # the record names the rank trained and the adapter started from, by content
+    assert record["config"]["lora_r"] == rank
+    start = first / "adapter" / "adapter_model.safetensors"
+    assert record["init_adapter"] == {"path": str(first / "adapter"),
+                                      "sha256": hashlib.sha256(start.read_bytes()).hexdigest()}
+    assert json.loads((first / "uniner_training.json").read_text())["init_adapter"] is None
 
 
 def test_start_adapter_errors_name_the_problem(data_dir, tmp_path, tiny_model_dir):
@@ -123,6 +130,17 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     card = (dest / "README.md").read_text()
     assert "CC BY-NC 4.0" in card and "1 steps" in card
     assert "Trained on 2 CPU cores in " in card and "in sittings" not in card
+    assert "continued a trained adapter" not in card
+    # a run that continued another adapter names it
+    record_path = run / "uniner_training.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "init_adapter": {
+        "path": "/runs/run-e3/adapter", "sha256": "ab" * 32}}))
+    result = CliRunner().invoke(app, ["--run", str(run), "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert ("continued a trained adapter (adapter, adapter_model sha256 abababababab)"
+            in (dest / "README.md").read_text())
+    record_path.write_text(json.dumps(record))
     # a resumed run's wall time and loss cover its last sitting only: the card says so
     metrics = json.loads((run / "metrics.json").read_text())
     resumed = {**metrics, "resumed_from": str(run / "checkpoints" / "checkpoint-240")}
