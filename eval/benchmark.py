@@ -45,7 +45,7 @@ class Format(str, Enum):
 def model_block(model: str, model_config: Optional[Path], max_new_tokens: Optional[int],
                 batch_size: Optional[int], device: Optional[str], dtype: Optional[str],
                 threads: Optional[int], adapter: Optional[Path] = None,
-                grounded: bool = True, close_bias: Optional[float] = None) -> Dict[str, Any]:
+                grounded: bool = True) -> Dict[str, Any]:
     """The component's ``model`` block from the options (a JSON file wins over --model)."""
     if model_config is not None:
         block = json.loads(model_config.read_text(encoding="utf8"))
@@ -56,8 +56,7 @@ def model_block(model: str, model_config: Optional[Path], max_new_tokens: Option
                              "grounded": grounded}
     for key, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
                        ("device", device), ("dtype", dtype), ("threads", threads),
-                       ("adapter", str(adapter) if adapter else None),
-                       ("close_bias", close_bias)):
+                       ("adapter", str(adapter) if adapter else None)):
         if value is not None:
             block[key] = value
     return block

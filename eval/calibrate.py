@@ -12,8 +12,6 @@ It also sweeps the component's ``multi_label`` (every type the student gives a
 span, or only its best-scoring one; ``--no-multi-label`` keeps it as configured)
 and its span-score ``threshold`` (``--thresholds``: drop a mention whose reply
 tokens' probability is below it; ``--thresholds 0`` keeps every span).
-``--close-bias`` (fixed for a run: each value is a run of its own) lowers the
-tokens that close a non-empty list, so answers list more mentions.
 
 The student's replies are kept as they come (``--replies``, by default beside
 ``--output``): an interrupted run resumes, and a rerun with other ``--biases`` or
@@ -66,10 +64,6 @@ def main(
              "only its best-scoring one"),
     thresholds: str = typer.Option(
         "0,0.3,0.5,0.7", help="comma-separated span-score thresholds to try (0 to 1)"),
-    close_bias: Optional[float] = typer.Option(
-        None, help="nats taken from the tokens that close a list after the first reply token "
-                   "(> 0: more mentions per answer); fixed for the run, recorded with --write "
-                   "(default: the adapter's recorded value, else 0)"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="longest reply"),
     shared_data: Path = typer.Option(DEFAULT_SHARED, help="the shared data folder (dev suite)"),
@@ -122,8 +116,7 @@ def main(
         except (OSError, ValueError) as err:  # the message names the file and the position
             raise typer.BadParameter(str(err), param_hint="--data / --label-map") from None
         benches = {bench.name: bench}
-    block = model_block(model, None, max_new_tokens, None, None, None, threads, adapter, grounded,
-                        close_bias)
+    block = model_block(model, None, max_new_tokens, None, None, None, threads, adapter, grounded)
     nlp = build_nlp(block, 256)
     replies = replies or output.with_suffix(".replies.jsonl")
     try:
@@ -156,8 +149,6 @@ def main(
                    f" | {100 * row['uniner_f']:.1f} |")
     best = result["best"]["empty_bias"]
     chosen = {"empty_bias": best}
-    if close_bias is not None:
-        chosen["close_bias"] = close_bias
     for setting in ("multi_label", "threshold"):
         if setting in result["best"]:
             chosen[setting] = result["best"][setting]

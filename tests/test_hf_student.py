@@ -216,44 +216,6 @@ def test_empty_bias_moves_the_first_answer_token(tiny_model_dir, tmp_path):
         HFStudent(str(tiny_model_dir), adapter=str(tmp_path))
 
 
-def test_close_bias_moves_every_later_token(tiny_model_dir, tmp_path):
-    import json
-
-    from spacy_uniner.evaluation.calibration import student_fingerprint
-
-    ps = [prompts.render_query(t, label) for t in ["Ada met Babbage.", "Paris, 1833."]
-          for label in ["person", "date", "x"]]
-    settings = dict(max_new_tokens=5, threads=1, empty_bias=1e4)  # never "[]" first
-    student = HFStudent(str(tiny_model_dir), close_bias=-1e4, **settings)
-    closing = set(student.close_list_ids)
-    assert {'"]', "]", '"],'} <= {student.tokenizer.decode([i]) for i in closing}
-    never = HFStudent(str(tiny_model_dir), close_bias=1e4, **settings)
-    def later_tokens(gen):
-        return [gen.text[a:b].strip() for a, b in gen.token_offsets[1:]]
-
-    for sharing in (True, False):
-        student.prefix_sharing = never.prefix_sharing = sharing
-        # pushed to close: every token after the first closes a list
-        for gen in student.generate(ps):
-            later = later_tokens(gen)
-            assert later and all(t.startswith(("]", '"]')) for t in later), (sharing, gen.text)
-        # kept from closing: no later token does, to the token limit
-        for gen in never.generate(ps):
-            later = later_tokens(gen)
-            assert len(later) == 4, (sharing, gen.text)
-            assert not any(t.startswith(("]", '"]')) for t in later), (sharing, gen.text)
-    # the adapter's recorded value is the default; an explicit one wins
-    (tmp_path / "uniner_student.json").write_text(json.dumps({"close_bias": 0.5}))
-    assert HFStudent(str(tiny_model_dir), adapter=str(tmp_path)).close_bias == 0.5
-    assert HFStudent(str(tiny_model_dir), adapter=str(tmp_path), close_bias=0).close_bias == 0
-    assert HFStudent(str(tiny_model_dir)).close_bias == 0.0
-    # calibration keeps replies per close_bias; a student without one keeps its old fingerprint
-    plain = HFStudent(str(tiny_model_dir))
-    assert student_fingerprint(plain) != student_fingerprint(student)
-    assert student_fingerprint(plain) == student_fingerprint(HFStudent(str(tiny_model_dir),
-                                                                       close_bias=0.0))
-
-
 def test_ray_chunks_keep_a_passage_together():
     from spacy_uniner.models.ray_student import chunk_bounds
 

@@ -32,7 +32,7 @@ def _prompt_key(prompt: str) -> str:
 
 def student_fingerprint(student: Any) -> str:
     """What decides a student's margin-run replies: its base, adapter (by content),
-    dtype, reply length and decoding, close_bias included (not threads or batch size)."""
+    dtype, reply length and decoding (not threads or batch size)."""
     adapter = getattr(student, "adapter", None)
     weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
     payload = {
@@ -40,8 +40,6 @@ def student_fingerprint(student: Any) -> str:
         "adapter": file_sha256(weights) if weights is not None and weights.exists() else adapter,
         **{key: getattr(student, key, None)
            for key in ("dtype", "max_new_tokens", "grounded", "prefix_sharing")},
-        # only when set, so that replies kept before close_bias existed stay valid
-        **({"close_bias": student.close_bias} if getattr(student, "close_bias", 0) else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf8")).hexdigest()[:16]
 

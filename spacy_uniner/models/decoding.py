@@ -116,8 +116,7 @@ class SharedDecoder:
     slots: rows decoded together. finished(ids) says whether a reply (token
     ids, EOS excluded) is complete; EOS and ``max_new_tokens`` end a reply too.
     ``empty_ids`` / ``empty_bias`` lower those tokens' logits at the first
-    answer token; ``close_ids`` / ``close_bias`` lower theirs (the tokens that
-    close a list) at every later one. ``choose`` (optional) picks each next token from the
+    answer token. ``choose`` (optional) picks each next token from the
     log-probabilities instead of the argmax (e.g. grounded decoding); the
     log-probability recorded is the chosen token's. ``prefill_tokens`` bounds
     the padded tokens of one admission forward (one group is always admitted).
@@ -137,8 +136,6 @@ class SharedDecoder:
         finished: Callable[[Tokens], bool],
         empty_ids: Sequence[int] = (),
         empty_bias: float = 0.0,
-        close_ids: Sequence[int] = (),
-        close_bias: float = 0.0,
         choose: Optional[Chooser] = None,
         prefill_tokens: int = 4096,
         spare_columns: Optional[int] = None,
@@ -156,8 +153,6 @@ class SharedDecoder:
         self.finished = finished
         self.empty_ids = list(empty_ids)
         self.empty_bias = empty_bias
-        self.close_ids = list(close_ids)
-        self.close_bias = close_bias
         self.choose = choose
         self.prefill_tokens = prefill_tokens
         self.spare_columns = spare_columns
@@ -303,15 +298,13 @@ class SharedDecoder:
 
     def _choose(self, rows: Sequence[_Row], logits: Any, first: bool) -> List[bool]:
         """Append each row's next token (one logits row each; ``first``: the
-        first answer token, where ``empty_bias`` applies, else ``close_bias``); whether the row goes
+        first answer token, where ``empty_bias`` applies); whether the row goes
         on (False: its reply is complete and recorded)."""
         import torch
 
         logits = logits.float()
         if first and self.empty_bias and self.empty_ids:
             logits[:, self.empty_ids] -= self.empty_bias
-        elif not first and self.close_bias and self.close_ids:
-            logits[:, self.close_ids] -= self.close_bias
         logprobs = torch.log_softmax(logits, dim=-1)
         if self.choose is None:
             chosen = logprobs.argmax(dim=-1).tolist()

@@ -36,8 +36,7 @@ class HFStudent:
     the passage; without it every prompt is prefilled in full and decoded by
     ``model.generate`` (the reference way, the same greedy answers up to float
     summation order). ``empty_bias`` lowers the empty-list answer at the first
-    token, ``close_bias`` the tokens that close a list after it (more items per
-    answer); ``grounded`` keeps mentions to the passage
+    token; ``grounded`` keeps mentions to the passage
     (:mod:`~spacy_uniner.models.grounding`).
     """
 
@@ -55,7 +54,6 @@ class HFStudent:
         prefix_sharing: bool = True,
         empty_bias: Optional[float] = None,
         grounded: bool = False,
-        close_bias: Optional[float] = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -90,13 +88,9 @@ class HFStudent:
         if empty_bias is None:
             empty_bias = float(self.settings.get("empty_bias", 0.0))
         self.empty_bias = empty_bias
-        if close_bias is None:
-            close_bias = float(self.settings.get("close_bias", 0.0))
-        self.close_bias = close_bias
         self.grounded = grounded
         self.num_parameters: Optional[int] = None  # known once loaded
         self._empty_ids: Optional[List[int]] = None
-        self._close_list_ids: Optional[List[int]] = None
         self._closing_ids: Optional[List[int]] = None
         self._model: Any = None
         self._tokenizer: Any = None
@@ -106,8 +100,7 @@ class HFStudent:
         return (
             f"HFStudent({self.name!r}, adapter={self.adapter!r}, device={self.device!r}, "
             f"dtype={self.dtype!r}, prefix_sharing={self.prefix_sharing!r}, "
-            f"empty_bias={self.empty_bias!r}, close_bias={self.close_bias!r}, "
-            f"grounded={self.grounded!r})"
+            f"empty_bias={self.empty_bias!r}, grounded={self.grounded!r})"
         )
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -213,17 +206,6 @@ class HFStudent:
             ]
         return self._empty_ids
 
-    @property
-    def close_list_ids(self) -> List[int]:
-        """Token ids whose text closes a list, or a string and its list (``]``,
-        ``"]``, ``"]\n`` ...): ``close_bias`` lowers them after the first token."""
-        if self._close_list_ids is None:
-            tok = self.tokenizer
-            self._close_list_ids = [
-                i for i in range(len(tok)) if tok.decode([i]).strip().startswith(("]", '"]'))
-            ]
-        return self._close_list_ids
-
     def _chooser(self, prompts: Sequence[str]) -> Optional[Any]:
         """The grounded token chooser for these prompts, or None (greedy)."""
         if not self.grounded:
@@ -300,8 +282,6 @@ class HFStudent:
             finished=lambda ids: answer_complete(tok.decode(ids, skip_special_tokens=True)),
             empty_ids=self.empty_list_ids if empty_bias else (),
             empty_bias=empty_bias,
-            close_ids=self.close_list_ids if self.close_bias else (),
-            close_bias=self.close_bias,
             choose=choose,
             workspace=self._workspace,
         )
@@ -330,7 +310,6 @@ class HFStudent:
         inputs = inputs.to(self._model.device)
         prompt_len = inputs["input_ids"].shape[1]
         empty, bias = self.empty_list_ids if empty_bias else [], empty_bias
-        close, close_bias = self.close_list_ids if self.close_bias else [], self.close_bias
         picked: List[List[float]] = [[] for _ in idx]
 
         class _Choose(LogitsProcessor):
@@ -338,8 +317,6 @@ class HFStudent:
                 logits = scores.float()
                 if empty and input_ids.shape[1] == prompt_len:  # the first answer token
                     logits[:, empty] -= bias
-                elif close and input_ids.shape[1] > prompt_len:
-                    logits[:, close] -= close_bias
                 logprobs = torch.log_softmax(logits, dim=-1)
                 if choose is None:
                     chosen = logprobs.argmax(dim=-1).tolist()
@@ -478,7 +455,6 @@ def make_hf_student_v2(
     prefix_sharing: bool = True,
     empty_bias: Optional[float] = None,
     grounded: bool = True,
-    close_bias: Optional[float] = None,
 ) -> HFStudent:
     """An in-process Hugging Face student with grounded decoding.
 
@@ -486,8 +462,5 @@ def make_hf_student_v2(
     grounded (bool): while the reply writes a mention, only tokens that keep it
     a substring of the passage (case and whitespace aside); a hallucinated
     mention becomes a real span or nothing. False: free greedy decoding.
-    close_bias (Optional[float]): nats taken from the tokens that close a list
-        at every reply token after the first (> 0 lists more mentions per
-        answer); None: the adapter's recorded value (uniner_student.json), else 0.
     """
     return HFStudent(**locals())

@@ -109,15 +109,6 @@ def test_calibrate_cli_sweeps_once_and_records_the_best(
     result = CliRunner().invoke(app, sweep + ["--max-new-tokens", "3", "--overwrite"])
     assert result.exit_code == 0, result.output
     assert sum(calls) == swept["queries"]
-    # a close_bias run is a student of its own (its replies kept apart), recorded with the choice
-    result = CliRunner().invoke(app, sweep + ["--close-bias", "0.5", "--write", str(settings)])
-    said = "".join(result.output.replace("│", "").split())
-    assert result.exit_code != 0 and "calibration.replies.jsonl" in said
-    result = CliRunner().invoke(app, sweep + ["--close-bias", "0.5", "--write", str(settings),
-                                              "--replies", str(tmp_path / "close.jsonl")])
-    assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["model"]["close_bias"] == 0.5
-    assert HFStudent(str(tiny_model_dir), adapter=str(tmp_path)).close_bias == 0.5
 
     bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--dev", "--data", str(data)])
     assert bad.exit_code != 0 and "exactly one of --dev or --data" in bad.output
