@@ -70,6 +70,9 @@ def main(
     bio_negatives: int = typer.Option(
         0, min=0, help="Sampled negative types added to each BIO passage asked with the "
         "dataset-specific template."),
+    lowercase_share: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="Seeded share of the conversations turned into lower case "
+        "(passage and mentions), drawn apart: the rest is as without it."),
     variant: str = typer.Option("type", help=f"One of {', '.join(VARIANTS)}."),
     definitions: Optional[Path] = typer.Option(None, help="type_definitions.json for --variant definition."),
     limit: Optional[int] = typer.Option(None, help="Seeded sample of open-type passages."),
@@ -117,6 +120,7 @@ def main(
         passages, negative_sampling=negative_sampling, negatives=negatives,
         negative_ratio=negative_ratio, variant=variant, definitions=defs, seed=seed,
         drop_known_negatives=drop_known_negatives, bio_negatives=bio_negatives,
+        lowercase_share=lowercase_share,
     )
     out.mkdir(parents=True, exist_ok=True)
     conversations_to_dataset(conversations).save_to_disk(str(out))
@@ -128,6 +132,7 @@ def main(
         "variant": variant,
         "seed": seed,
         "plain_share": plain_share,
+        "lowercase_share": lowercase_share,
         "drop_known_negatives": drop_known_negatives,
         "bio_negatives": bio_negatives,
         "bio_limit": bio_limit,

@@ -21,6 +21,11 @@ asks them).
 The Pile-NER passages of the dev suite (:func:`spacy_uniner.splits.split_pile_ner`)
 are left out by ``train.build_data`` unless asked for.
 
+``lowercase_share`` turns a seeded share of the conversations into lower case
+(passage and mentions; users' text is not always cased: search queries, chat,
+transcripts), drawn apart from everything else, so the rest of the data is the
+same as without it.
+
 ``drop_known_negatives`` drops a sampled negative type that the passage is
 known to contain: one of its positive types or, for BIO passages, the raw tag
 of one (``organisation``), compared after :func:`type_key` (lower case,
@@ -36,7 +41,7 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -296,6 +301,7 @@ class BuildStats:
     types_without_definition: int = 0
     plain_bio_passages: int = 0  # BIO passages asked as plain questions
     dropped_known_negatives: int = 0  # sampled negatives the passage is known to contain
+    lowercased: int = 0  # conversations turned into lower case
     by_source: Dict[str, int] = field(default_factory=dict)
 
 
@@ -358,6 +364,7 @@ def build_conversations(
     seed: int = 0,
     drop_known_negatives: bool = False,
     bio_negatives: int = 0,
+    lowercase_share: float = 0.0,
 ) -> Tuple[List[Conversation], BuildStats]:
     """Conversations (one per passage) and what went into them.
 
@@ -370,7 +377,11 @@ def build_conversations(
         (:func:`known_types`); it is not replaced.
     bio_negatives: sampled negatives added to each BIO passage asked with the
         dataset-specific template (plain ones get none), beside its own types.
+    lowercase_share: the seeded share of conversations whose passage and
+        answers are lower-cased (the questions, type names, stay as they are).
     """
+    if not 0.0 <= lowercase_share <= 1.0:
+        raise ValueError(f"lowercase_share must be within [0, 1], got {lowercase_share}")
     if negative_sampling not in NEGATIVE_SAMPLING:
         raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}")
     if variant not in VARIANTS:
@@ -442,9 +453,24 @@ def build_conversations(
         out.append(Conversation(p.id, p.source, p.dataset, p.text, questions, answer_list,
                                 labels_out, variant))
         by_source[p.source] += 1
+    if lowercase_share:
+        # its own random stream: the conversations above are those of lowercase_share = 0
+        picked = random.Random(f"lowercase-{seed}").sample(
+            range(len(out)), round(lowercase_share * len(out)))
+        for i in picked:
+            out[i] = _lowercased(out[i])
+        stats.lowercased = len(picked)
     stats.conversations = len(out)
     stats.by_source = dict(by_source)
     return out, stats
+
+
+def _lowercased(conv: Conversation) -> Conversation:
+    # a mention, or (all-in-one) a [mention, type] pair whose type stays as asked
+    answers = [json.dumps([m.lower() if isinstance(m, str) else [m[0].lower(), *m[1:]]
+                           for m in json.loads(a)], ensure_ascii=False)
+               for a in conv.answers]
+    return replace(conv, passage=conv.passage.lower(), answers=answers)
 
 
 def conversations_to_dataset(conversations: Sequence[Conversation]):

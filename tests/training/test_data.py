@@ -279,12 +279,14 @@ def test_build_data_cli_new_options_in_stats(shared_data, tmp_path):
     teacher.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["--teacher", teacher, "--bio", f"{shared_data / CONLL_TRAIN}:CoNLL-2003:conll2003",
             "--bio-limit", 40, "--plain-share", 0.5, "--bio-negatives", 3, "--negatives", 3]
-    _, stats = _build(tmp_path, *args, "--drop-known-negatives")
+    _, stats = _build(tmp_path, *args, "--drop-known-negatives", "--lowercase-share", 0.5)
     assert stats["plain_share"] == 0.5 and stats["plain_bio_passages"] == 20
+    assert stats["lowercase_share"] == 0.5
+    assert stats["lowercased"] == round(0.5 * stats["conversations"]) > 0
     assert stats["drop_known_negatives"] is True and stats["dropped_known_negatives"] > 0
     assert stats["bio_limit"] == 40 and stats["pile_ner_split"]["dev_passages_left_out"] == 0
     _, off = _build(tmp_path / "off", *args)
-    assert off["dropped_known_negatives"] == 0
+    assert off["dropped_known_negatives"] == 0 and off["lowercased"] == 0
 
 
 def test_student_recipe_build_data_still_runs(shared_data, tmp_path):
@@ -305,3 +307,35 @@ def test_dev_suite_bio_files_are_refused_for_training(shared_data, rel):
     with pytest.raises(EvalDataError, match="dev suite"):
         check_not_eval_data(shared_data / rel, allow=False)
     check_not_eval_data(shared_data / rel, allow=True)
+
+
+def test_lowercase_share_lowers_a_seeded_share_and_leaves_the_rest(pile, shared_data):
+    bio = read_bio_passages(shared_data / CONLL_TRAIN, "CoNLL-2003", "conll2003", limit=30,
+                            plain_share=0.5)
+    passages = pile[:60] + bio
+    kw = dict(negative_sampling="frequency", negative_ratio=0.5, seed=3)
+    base, base_stats = build_conversations(passages, **kw)
+    lowered, stats = build_conversations(passages, lowercase_share=0.25, **kw)
+    assert base_stats.lowercased == 0 and stats.lowercased == round(0.25 * len(base)) > 0
+    changed = 0
+    for before, after in zip(base, lowered):
+        # the same passages, types and questions in the same order; only the case moves
+        assert (after.id, after.questions, after.labels) == (before.id, before.questions,
+                                                             before.labels)
+        if after == before:
+            continue
+        changed += 1
+        assert after.passage == before.passage.lower() and after.passage != before.passage
+        for a, b in zip(after.answers, before.answers):
+            mentions = json.loads(a)
+            assert mentions == [m.lower() for m in json.loads(b)]
+            assert all(m in after.passage for m in mentions if m in before.passage.lower())
+    # a conversation already in lower case counts as lowered but compares equal
+    assert 0 < changed <= stats.lowercased
+    assert build_conversations(passages, lowercase_share=0.25, **kw)[0] == lowered  # seeded
+    aio, _ = build_conversations(pile[:5], variant="all-in-one", lowercase_share=1.0, seed=0)
+    for conv, p in zip(aio, pile[:5]):
+        assert sorted(map(tuple, json.loads(conv.answers[0]))) == sorted(
+            (m.lower(), t) for t, ms in p.positives.items() for m in ms)
+    with pytest.raises(ValueError, match="lowercase_share"):
+        build_conversations(passages, lowercase_share=1.5)
