@@ -21,7 +21,8 @@ the adapter (``uniner_student.json``), where ``empty_bias = null``,
 
 ``--wide`` chooses on the dev suite's wide condition (each BIO dev set asked all
 five dev types, as users and the zero-shot suite ask many), scoring the plain sets
-from the same answers; the shipped default was calibrated so. Never calibrate on
+from the same answers; the shipped default was calibrated so. ``--lowercase`` asks
+every set in lower case (text and gold), to see how the student reads uncased text. Never calibrate on
 the zero-shot test suite (CrossNER, MIT): it only reports.
 """
 
@@ -48,6 +49,10 @@ def main(
         help="dev suite: choose on its wide condition (each BIO set also asked the other sets' "
              "types, absent by their guidelines); the plain sets are scored beside it from the "
              "same answers"),
+    lowercase: bool = typer.Option(
+        False, "--lowercase",
+        help="every passage and gold mention in lower case (sets named *-lower): how the "
+             "student reads uncased text"),
     data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                         help="your own labelled file instead (uniner JSON or BIO)"),
     format: Format = typer.Option(Format.bio, "--format", help="format of --data"),
@@ -85,6 +90,7 @@ def main(
         DEV_LIMIT,
         dev_suite,
         load_benchmark,
+        lowercased,
         widen_suite,
     )
     from spacy_uniner.component import check_threshold
@@ -116,6 +122,9 @@ def main(
         except (OSError, ValueError) as err:  # the message names the file and the position
             raise typer.BadParameter(str(err), param_hint="--data / --label-map") from None
         benches = {bench.name: bench}
+    if lowercase:
+        benches = {f"{name}-lower": lowercased(bench) for name, bench in benches.items()}
+        plain = [f"{name}-lower" for name in plain]
     block = model_block(model, None, max_new_tokens, None, None, None, threads, adapter, grounded)
     nlp = build_nlp(block, 256)
     replies = replies or output.with_suffix(".replies.jsonl")

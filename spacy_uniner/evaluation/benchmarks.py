@@ -699,3 +699,23 @@ def widen(bench: Benchmark, labels: Sequence[str]) -> Benchmark:
     stats["queries"] = len(ordered) * len(passages)
     return Benchmark(f"{bench.name}-wide", ordered, passages,
                      f"{bench.source}; asked {', '.join(ordered)}", stats)
+
+
+def _lower_keeping_length(text: str) -> str:
+    # a character whose lower case is longer (U+0130) stays: gold offsets must hold
+    return "".join(lo if len(lo) == 1 else c for c, lo in ((c, c.lower()) for c in text))
+
+
+def lowercased(bench: Benchmark) -> Benchmark:
+    """``bench`` with its text and gold mentions in lower case, as ``{name}-lower``
+    (users' text is not always cased: search queries, chat, transcripts). The gold
+    spans keep their offsets."""
+    passages = []
+    for p in bench.passages:
+        answers = {label: json.dumps([_lower_keeping_length(m) for m in json.loads(answer)],
+                                     ensure_ascii=False)
+                   for label, answer in p.answers.items()}
+        passages.append(GoldPassage(p.id, [_lower_keeping_length(w) for w in p.words],
+                                    list(p.spaces), list(p.spans), answers, p.labels))
+    return Benchmark(f"{bench.name}-lower", list(bench.labels), passages,
+                     f"{bench.source}; in lower case", Counter(bench.stats))

@@ -145,6 +145,20 @@ def test_calibrate_dev_wide_chooses_on_the_wide_sets_and_scores_the_plain_ones_f
     assert swept["queries"] == 20 + row["per_set"]["pile-ner-dev"]["queries"]
     assert len(asked) == len(set(asked)) <= swept["queries"]
     assert "average of pile-ner-dev, conll2003-dev-wide, bc5cdr-dev-wide" in result.output
+    # in lower case: the same sets and queries, each prompt's passage lowered
+    asked.clear()
+    lower = tmp_path / "lower.json"
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_model_dir), "--dev", "--wide", "--lowercase", "--limit", "2",
+        "--biases", "0", "--no-multi-label", "--threads", "1", "--max-new-tokens", "4",
+        "--shared-data", str(shared_data), "--output", str(lower), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    lowered = json.loads(lower.read_text())
+    assert lowered["averaged"] == [f"{n}-lower" for n in swept["averaged"]]
+    assert set(lowered["rows"][0]["per_set"]) == {f"{n}-lower" for n in row["per_set"]}
+    assert lowered["queries"] == swept["queries"] == len(asked)
+    assert all(prompts.passages_of([p])[0] == prompts.passages_of([p])[0].lower() for p in asked)
 
     bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--wide", "--data",
                                    str(out)])

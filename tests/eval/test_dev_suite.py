@@ -238,3 +238,28 @@ def test_wide_is_refused_outside_the_dev_suite(tmp_path):
     cfg.write_text(json.dumps({"@uniner_models": "test.ScriptedStudent.v1", "replies": {}}))
     result = runner.invoke(app, ["--model-config", str(cfg), "--suite", "zero-shot", "--wide"])
     assert result.exit_code != 0 and "--wide is a condition of --suite dev" in result.output
+
+
+def test_lowercased_sets_keep_offsets_and_lower_the_gold(shared_data):
+    from spacy_uniner.evaluation.benchmarks import lowercased
+
+    suite = dev_suite(shared_data, limit=5, wide=True)
+    for name, bench in suite.items():
+        lower = lowercased(bench)
+        assert lower.name == f"{bench.name}-lower" and lower.labels == bench.labels
+        assert len(lower.passages) == len(bench.passages) == 5 or name == "pile-ner-dev"
+        for p, q in zip(lower.passages, bench.passages):
+            assert p.text == q.text.lower() and p.spans == q.spans and p.labels == q.labels
+            for start, end, _ in p.spans:
+                assert p.text[start:end] == q.text[start:end].lower()
+            assert {k: json.loads(v) for k, v in p.answers.items()} == {
+                k: [m.lower() for m in json.loads(v)] for k, v in q.answers.items()}
+    # a character whose lower case is longer keeps its place (and the offsets after it)
+    from spacy_uniner.evaluation.benchmarks import Benchmark, GoldPassage
+
+    odd = Benchmark("odd", ["city"], [GoldPassage("p", ["İzmir", "AND", "Ankara"],
+                                                  [True, True, False], [(10, 16, "city")],
+                                                  {"city": json.dumps(["Ankara"])})])
+    lowered = lowercased(odd).passages[0]
+    assert lowered.text == "İzmir and ankara" and lowered.text[10:16] == "ankara"
+    assert json.loads(lowered.answers["city"]) == ["ankara"]
