@@ -22,8 +22,8 @@ the adapter (``uniner_student.json``), where ``empty_bias = null``,
 ``--wide`` chooses on the dev suite's wide condition (each BIO dev set asked all
 five dev types, as users and the zero-shot suite ask many), scoring the plain sets
 from the same answers; the shipped default was calibrated so. ``--lowercase`` asks
-every set in lower case (text and gold), to see how the student reads uncased text. Never calibrate on
-the zero-shot test suite (CrossNER, MIT): it only reports.
+every set in lower case (text and gold), to see how the student reads uncased text.
+Never calibrate on the zero-shot test suite (CrossNER, MIT): it only reports.
 """
 
 import json
