@@ -22,7 +22,9 @@ the adapter (``uniner_student.json``), where ``empty_bias = null``,
 ``--wide`` chooses on the dev suite's wide condition (each BIO dev set asked all
 five dev types, as users and the zero-shot suite ask many), scoring the plain sets
 from the same answers; the shipped default was calibrated so. ``--lowercase`` asks
-every set in lower case (text and gold), to see how the student reads uncased text.
+every set in lower case (text and gold), to see how the student reads uncased text;
+``--both-cases`` asks every set both as given and in lower case and chooses on the
+average of all of them (cased and uncased text weighed alike).
 Never calibrate on the zero-shot test suite (CrossNER, MIT): it only reports.
 """
 
@@ -53,6 +55,10 @@ def main(
         False, "--lowercase",
         help="every passage and gold mention in lower case (sets named *-lower): how the "
              "student reads uncased text"),
+    both_cases: bool = typer.Option(
+        False, "--both-cases",
+        help="every set asked as given and in lower case (*-lower); the choice is on the "
+             "average of both"),
     data: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                         help="your own labelled file instead (uniner JSON or BIO)"),
     format: Format = typer.Option(Format.bio, "--format", help="format of --data"),
@@ -122,9 +128,15 @@ def main(
         except (OSError, ValueError) as err:  # the message names the file and the position
             raise typer.BadParameter(str(err), param_hint="--data / --label-map") from None
         benches = {bench.name: bench}
-    if lowercase:
-        benches = {f"{name}-lower": lowercased(bench) for name, bench in benches.items()}
-        plain = [f"{name}-lower" for name in plain]
+    if lowercase and both_cases:
+        raise typer.BadParameter("give --lowercase or --both-cases, not both")
+    if lowercase or both_cases:
+        lower = {f"{name}-lower": lowercased(bench) for name, bench in benches.items()}
+        lower_plain = [f"{name}-lower" for name in plain]
+        if lowercase:
+            benches, plain = lower, lower_plain
+        else:
+            benches, plain = {**benches, **lower}, plain + lower_plain
     block = model_block(model, None, max_new_tokens, None, None, None, threads, adapter, grounded)
     nlp = build_nlp(block, 256)
     replies = replies or output.with_suffix(".replies.jsonl")

@@ -159,6 +159,27 @@ def test_calibrate_dev_wide_chooses_on_the_wide_sets_and_scores_the_plain_ones_f
     assert set(lowered["rows"][0]["per_set"]) == {f"{n}-lower" for n in row["per_set"]}
     assert lowered["queries"] == swept["queries"] == len(asked)
     assert all(prompts.passages_of([p])[0] == prompts.passages_of([p])[0].lower() for p in asked)
+    # both cases: the choice averages the cased and lowered sets, each scored as alone
+    both = tmp_path / "both.json"
+    result = CliRunner().invoke(app, [
+        "--model", str(tiny_model_dir), "--dev", "--wide", "--both-cases", "--limit", "2",
+        "--biases", "0", "--no-multi-label", "--threads", "1", "--max-new-tokens", "4",
+        "--shared-data", str(shared_data), "--output", str(both), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    mixed = json.loads(both.read_text())
+    assert mixed["averaged"] == swept["averaged"] + lowered["averaged"]
+    assert mixed["queries"] == 2 * swept["queries"]
+    first = mixed["rows"][0]
+    for name in swept["averaged"]:
+        assert first["per_set"][name] == row["per_set"][name]
+    for name in lowered["averaged"]:
+        assert first["per_set"][name] == lowered["rows"][0]["per_set"][name]
+    assert first["strict_f"] == pytest.approx(
+        (row["strict_f"] + lowered["rows"][0]["strict_f"]) / 2)
+    clash = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--dev", "--lowercase",
+                                     "--both-cases"])
+    assert clash.exit_code != 0 and "not both" in clash.output
 
     bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--wide", "--data",
                                    str(out)])
