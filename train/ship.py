@@ -64,7 +64,18 @@ def _precision_recall(metrics: Dict[str, Any], title: str) -> str:
 
 def _is_wide(averaged: List[str]) -> bool:
     """Whether the dev sets averaged are the wide condition's."""
-    return any(c.endswith("-wide") for c in averaged)
+    return any(c.endswith(("-wide", "-wide-lower")) for c in averaged)
+
+
+def _case(averaged: List[str]) -> str:
+    """How the averaged dev sets were cased: as given, lowered (``-lower``) or both."""
+    lowered = sum(c.endswith("-lower") for c in averaged)
+    if not lowered:
+        return ""
+    if lowered == len(averaged):
+        return "in lower case (`-lower`: every passage and gold mention lowered)"
+    return ("as given and in lower case (`-lower`: every passage and gold mention lowered), "
+            "weighed alike")
 
 
 def _dev_suite(averaged: List[str], beside: List[str]) -> str:
@@ -75,6 +86,8 @@ def _dev_suite(averaged: List[str], beside: List[str]) -> str:
                  "guidelines, as the zero-shot suite asks many types; the average is over "
                  + ", ".join(averaged))
         text += "; the plain sets are scored from the same answers)" if beside else ")"
+    if _case(averaged):
+        text += ", " + _case(averaged)
     return text
 
 
@@ -186,6 +199,7 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
             "## Calibration",
             f"{chosen} (recorded in `{SETTINGS}`), the best average strict F1 on the dev suite"
             + ("'s wide condition " if _is_wide(swept.get("averaged", [])) else " ")
+            + (_case(swept.get("averaged", [])) + " " if _case(swept.get("averaged", [])) else "")
             + f"({swept['passages']} passages, {swept['queries']} queries) among biases {tried}"
             + (" each with every type per span kept (multi_label true) or only the best one"
                if multi else "")

@@ -214,6 +214,19 @@ def test_ship_copies_adapter_and_writes_model_card(data_dir, tmp_path, tiny_mode
     assert "| distilled: strict span F1 | 45.0 | 50.0 | 45.0 |" in card
     assert "the average is over conll2003-dev-wide" in card
     assert "on the dev suite's wide condition (200 passages, 1000 queries)" in card
+    # asked as given and lowered: both named, the average said to weigh them alike
+    rows[1]["per_set"]["conll2003-dev-wide-lower"] = {**rows[1]["per_set"]["conll2003-dev"],
+                                                      "strict_f": 0.35}
+    rows[1]["strict_f"] = 0.4
+    swept.write_text(json.dumps({
+        "rows": rows, "best": rows[1], "passages": 400, "queries": 2000,
+        "averaged": ["conll2003-dev-wide", "conll2003-dev-wide-lower"]}))
+    card = ship_card("--calibration", swept)
+    assert "the average is over conll2003-dev-wide, conll2003-dev-wide-lower" in card
+    assert "as given and in lower case (`-lower`: every passage and gold mention lowered), " \
+           "weighed alike" in card
+    assert "wide condition as given and in lower case" in card
+    assert "(400 passages, 2000 queries)" in card
     # zero-shot rows with precision / recall and the interval, beside the previous default's
     for name, f, ci in (("zs", 0.3, [0.25, 0.35]), ("prev", 0.2, [0.15, 0.26])):
         (tmp_path / name).mkdir()
