@@ -127,14 +127,17 @@ def test_calibrate_dev_wide_chooses_on_the_wide_sets_and_scores_the_plain_ones_f
     original = HFStudent.generate_with_margins
     monkeypatch.setattr(HFStudent, "generate_with_margins",
                         lambda self, ps: asked.extend(ps) or original(self, ps))
-    out = tmp_path / "wide.json"
-    result = CliRunner().invoke(app, [
-        "--model", str(tiny_model_dir), "--dev", "--wide", "--limit", "2",
-        "--biases", "0,20", "--no-multi-label", "--threads", "1", "--max-new-tokens", "4",
-        "--shared-data", str(shared_data), "--output", str(out), "--quiet",
-    ])
-    assert result.exit_code == 0, result.output
-    swept = json.loads(out.read_text())
+    def sweep(name, biases, *flags):
+        out = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(app, [
+            "--model", str(tiny_model_dir), "--dev", "--wide", *flags, "--limit", "2",
+            "--biases", biases, "--no-multi-label", "--threads", "1", "--max-new-tokens", "4",
+            "--shared-data", str(shared_data), "--output", str(out), "--quiet",
+        ])
+        assert result.exit_code == 0, result.output
+        return result, json.loads(out.read_text())
+
+    result, swept = sweep("wide", "0,20")
     assert swept["averaged"] == ["pile-ner-dev", "conll2003-dev-wide", "bc5cdr-dev-wide"]
     row = swept["rows"][0]
     assert set(row["per_set"]) == {*swept["averaged"], "conll2003-dev", "bc5cdr-dev"}
@@ -147,27 +150,13 @@ def test_calibrate_dev_wide_chooses_on_the_wide_sets_and_scores_the_plain_ones_f
     assert "average of pile-ner-dev, conll2003-dev-wide, bc5cdr-dev-wide" in result.output
     # in lower case: the same sets and queries, each prompt's passage lowered
     asked.clear()
-    lower = tmp_path / "lower.json"
-    result = CliRunner().invoke(app, [
-        "--model", str(tiny_model_dir), "--dev", "--wide", "--lowercase", "--limit", "2",
-        "--biases", "0", "--no-multi-label", "--threads", "1", "--max-new-tokens", "4",
-        "--shared-data", str(shared_data), "--output", str(lower), "--quiet",
-    ])
-    assert result.exit_code == 0, result.output
-    lowered = json.loads(lower.read_text())
+    _, lowered = sweep("lower", "0", "--lowercase")
     assert lowered["averaged"] == [f"{n}-lower" for n in swept["averaged"]]
     assert set(lowered["rows"][0]["per_set"]) == {f"{n}-lower" for n in row["per_set"]}
     assert lowered["queries"] == swept["queries"] == len(asked)
     assert all(prompts.passages_of([p])[0] == prompts.passages_of([p])[0].lower() for p in asked)
     # both cases: the choice averages the cased and lowered sets, each scored as alone
-    both = tmp_path / "both.json"
-    result = CliRunner().invoke(app, [
-        "--model", str(tiny_model_dir), "--dev", "--wide", "--both-cases", "--limit", "2",
-        "--biases", "0", "--no-multi-label", "--threads", "1", "--max-new-tokens", "4",
-        "--shared-data", str(shared_data), "--output", str(both), "--quiet",
-    ])
-    assert result.exit_code == 0, result.output
-    mixed = json.loads(both.read_text())
+    _, mixed = sweep("both", "0", "--both-cases")
     assert mixed["averaged"] == swept["averaged"] + lowered["averaged"]
     assert mixed["queries"] == 2 * swept["queries"]
     first = mixed["rows"][0]
@@ -182,7 +171,7 @@ def test_calibrate_dev_wide_chooses_on_the_wide_sets_and_scores_the_plain_ones_f
     assert clash.exit_code != 0 and "not both" in clash.output
 
     bad = CliRunner().invoke(app, ["--model", str(tiny_model_dir), "--wide", "--data",
-                                   str(out)])
+                                   str(tmp_path / "wide.json")])
     assert bad.exit_code != 0 and "give --dev too" in bad.output
 
 
