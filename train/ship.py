@@ -86,9 +86,8 @@ def _dev_suite(averaged: List[str], beside: List[str]) -> str:
                  "guidelines, as the zero-shot suite asks many types; the average is over "
                  + ", ".join(averaged))
         text += "; the plain sets are scored from the same answers)" if beside else ")"
-    if _case(averaged):
-        text += ", " + _case(averaged)
-    return text
+    case = _case(averaged)
+    return text + (", " + case if case else "")
 
 
 def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
@@ -195,11 +194,13 @@ def model_card(run: Path, base_eval: Optional[Path], eval_dir: Optional[Path],
                          and r.get("threshold") == cutoff), None)
 
         at_zero = strict_at(0)
+        chosen_on = swept.get("averaged", [])
+        case = _case(chosen_on)
         parts += [
             "## Calibration",
             f"{chosen} (recorded in `{SETTINGS}`), the best average strict F1 on the dev suite"
-            + ("'s wide condition " if _is_wide(swept.get("averaged", [])) else " ")
-            + (_case(swept.get("averaged", [])) + " " if _case(swept.get("averaged", [])) else "")
+            + ("'s wide condition " if _is_wide(chosen_on) else " ")
+            + (case + " " if case else "")
             + f"({swept['passages']} passages, {swept['queries']} queries) among biases {tried}"
             + (" each with every type per span kept (multi_label true) or only the best one"
                if multi else "")
