@@ -35,8 +35,14 @@ def _pattern(mention: str, ignore_case: bool) -> "re.Pattern[str]":
     return re.compile(f"(?=({body}))", re.IGNORECASE if ignore_case else 0)
 
 
+def begins_word(text: str, start: int) -> bool:
+    """Whether a mention may start at ``text[start]``: not inside a word of a
+    script that separates words with spaces."""
+    return not (start > 0 and _spaced_word_char(text[start]) and _spaced_word_char(text[start - 1]))
+
+
 def _on_boundaries(text: str, start: int, end: int) -> bool:
-    if _spaced_word_char(text[start]) and start > 0 and _spaced_word_char(text[start - 1]):
+    if not begins_word(text, start):
         return False
     if _spaced_word_char(text[end - 1]) and end < len(text) and _spaced_word_char(text[end]):
         return False

@@ -3,7 +3,12 @@
 import pytest
 
 from spacy_uniner import prompts
-from spacy_uniner.models.grounding import GroundedChooser, closing_token_ids
+from spacy_uniner.models.grounding import (
+    GroundedChooser,
+    closing_token_ids,
+    end_token_ids,
+    list_state,
+)
 from spacy_uniner.models.hf import HFStudent, make_hf_student_v1, make_hf_student_v2
 from spacy_uniner.parsing import open_string, parse_student_reply
 from spacy_uniner.prompts import passages_of
@@ -59,6 +64,47 @@ def test_the_chooser_keeps_open_strings_in_the_passage(tiny_model_dir):
     # case and whitespace runs are compared as alignment compares them
     upper = tok(' ["ADA  LOVE', add_special_tokens=False)["input_ids"]
     assert chooser.allowed(chooser.passages[0], upper[:-1], upper[-1])
+
+
+def test_list_state():
+    opened, in_string, after_string, after_comma, closed = 1, 2, 4, 5, 6
+    assert list_state("Sure, here:") == (0, 0, "")  # prose before a list is not judged
+    assert list_state(' ["Ada') == (in_string, 0, "")
+    assert list_state(' ["Ada", "Bo\\"b"') == (after_string, 2, 'Bo\\"b')
+    assert list_state(' ["Ada",') == (after_comma, 1, "Ada")
+    assert list_state(" [ ") == (opened, 0, "")
+    assert list_state(' ["Ada"]') == (closed, 1, "Ada")
+    assert list_state(' ["Ada" "Bob"]')[0] is None  # two strings without a comma
+    assert list_state(' ["Ada",]')[0] is None
+    assert list_state(" [Ada]")[0] is None
+
+
+def test_mentions_start_and_end_on_word_boundaries(tiny_model_dir):
+    import torch
+
+    tok = HFStudent(str(tiny_model_dir)).tokenizer
+    chooser = GroundedChooser(tok, [PASSAGE], closing_token_ids(tok), top_k=3,
+                              end_ids=end_token_ids(tok))
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+
+    def ok(reply, token):
+        return chooser.allowed(PASSAGE, ids(reply), ids(token)[0])
+
+    assert ok(' ["Love', "l")  # "Lovel..." may go on
+    assert not ok(' ["Love', '"')  # but not close inside "Lovelace"
+    assert not ok(' ["Love', '",')
+    assert ok(' ["Lovelace', '"')
+    assert ok(' ["Lovelace', '",')
+    assert not ok(' ["', "ovel")  # nor start inside a word
+    assert not ok(' ["Ada"', ' "')  # a second string needs a comma first
+    assert ok(' ["Ada"', ",") and ok(' ["Ada"', "]")
+    # a list that cannot go on ends with its most likely "]"
+    chooser.top_k = 1
+    logprobs = torch.full((len(tok),), -30.0)
+    logprobs[ids(' "')[0]] = -0.1
+    end = ids("]")[0]
+    logprobs[end] = -5.0
+    assert chooser(0, ids(' ["Ada"'), logprobs) == end and chooser.forced == 1
 
 
 def _script(tok, inner):

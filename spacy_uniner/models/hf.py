@@ -92,6 +92,7 @@ class HFStudent:
         self.num_parameters: Optional[int] = None  # known once loaded
         self._empty_ids: Optional[List[int]] = None
         self._closing_ids: Optional[List[int]] = None
+        self._end_ids: List[int] = []
         self._model: Any = None
         self._tokenizer: Any = None
         self._workspace: Dict[str, Any] = {}  # the shared decoder's key/value slabs
@@ -210,11 +211,14 @@ class HFStudent:
         """The grounded token chooser for these prompts, or None (greedy)."""
         if not self.grounded:
             return None
-        from .grounding import GroundedChooser, closing_token_ids
+        from .grounding import GroundedChooser, closing_token_ids, end_token_ids
 
         if self._closing_ids is None:
             self._closing_ids = closing_token_ids(self.tokenizer)
-        return GroundedChooser(self.tokenizer, passages_of(prompts), self._closing_ids)
+            self._end_ids = end_token_ids(self.tokenizer)
+        return GroundedChooser(
+            self.tokenizer, passages_of(prompts), self._closing_ids, end_ids=self._end_ids
+        )
 
     def token_offsets(self, text: str) -> List[Tuple[int, int]]:
         from ..passages import tokenizer_offsets
