@@ -463,8 +463,9 @@ def make_hf_student_v2(
     """An in-process Hugging Face student with grounded decoding.
 
     The settings of ``spacy_uniner.HFStudent.v1`` (without its retired ones), and
-    grounded (bool): while the reply writes a mention, only tokens that keep it
-    a substring of the passage (case and whitespace aside); a hallucinated
-    mention becomes a real span or nothing. False: free greedy decoding.
+    grounded (bool): once the reply opens its list, only tokens that keep it a
+    JSON list of strings whose mentions start and end where passage words do
+    (case and whitespace aside); a hallucinated mention becomes a real span or
+    nothing. False: free greedy decoding.
     """
     return HFStudent(**locals())
