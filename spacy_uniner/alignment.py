@@ -35,14 +35,14 @@ def _pattern(mention: str, ignore_case: bool) -> "re.Pattern[str]":
     return re.compile(f"(?=({body}))", re.IGNORECASE if ignore_case else 0)
 
 
-def begins_word(text: str, start: int) -> bool:
+def _begins_word(text: str, start: int) -> bool:
     """Whether a mention may start at ``text[start]``: not inside a word of a
     script that separates words with spaces."""
     return not (start > 0 and _spaced_word_char(text[start]) and _spaced_word_char(text[start - 1]))
 
 
 def _on_boundaries(text: str, start: int, end: int) -> bool:
-    if not begins_word(text, start):
+    if not _begins_word(text, start):
         return False
     if _spaced_word_char(text[end - 1]) and end < len(text) and _spaced_word_char(text[end]):
         return False
@@ -62,3 +62,19 @@ def find_mentions(text: str, mention: str) -> List[Tuple[int, int]]:
         if found:
             return found
     return []
+
+
+def mention_can_start(text: str, prefix: str) -> bool:
+    """Whether a mention still being written, ``prefix`` so far, can become one
+    :func:`find_mentions` finds: some occurrence in ``text`` (case and runs of
+    whitespace aside) begins a word, and a trailing space is followed by one."""
+    stripped = prefix.strip()
+    if not stripped:
+        return True
+    for m in _pattern(stripped, True).finditer(text):
+        start, end = m.span(1)
+        if _begins_word(text, start) and (
+            not prefix[-1].isspace() or (end < len(text) and text[end].isspace())
+        ):
+            return True
+    return False

@@ -1,4 +1,4 @@
-from spacy_uniner.alignment import find_mentions
+from spacy_uniner.alignment import find_mentions, mention_can_start
 
 
 def test_every_occurrence_is_found():
@@ -40,3 +40,14 @@ def test_a_rejected_candidate_does_not_hide_a_later_overlapping_one():
     # "aa" inside "aaa" is not a word; the standalone ones are
     assert find_mentions("aaa aa aa", "aa") == [(4, 6), (7, 9)]
     assert find_mentions("xab ab", "ab") == [(4, 6)]
+
+
+def test_a_mention_being_written_must_start_a_word():
+    text = "Ada Lovelace met Charles  Babbage."
+    assert mention_can_start(text, "") and mention_can_start(text, "  ")
+    assert mention_can_start(text, "Love") and mention_can_start(text, "lovel")
+    assert not mention_can_start(text, "ovel")  # inside "Lovelace"
+    assert mention_can_start(text, "charles bab")  # whitespace runs and case aside
+    assert mention_can_start(text, "Ada ")  # a space follows "Ada"
+    assert not mention_can_start(text, "Babbage ")  # "." follows "Babbage"
+    assert not mention_can_start(text, "Quxford")

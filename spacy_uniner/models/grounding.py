@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any, List, Optional, Sequence, Tuple
 
-from ..alignment import begins_word, find_mentions
+from ..alignment import find_mentions, mention_can_start
 from ..parsing import open_string
 
 # Tokens that end a string and at most go on to the next item or the list's end.
@@ -54,19 +54,6 @@ def list_state(text: str) -> Tuple[Optional[int], int, str]:
         else:
             return None, closed, last
     return state, closed, last
-
-
-def _starts_a_word(passage: str, mention: str) -> bool:
-    """Whether some occurrence of the open ``mention`` in ``passage`` (case and
-    whitespace runs aside) begins where a word does."""
-    parts = mention.split()
-    if not parts:
-        return True
-    body = r"\s+".join(re.escape(p) for p in parts)
-    if mention[-1].isspace():
-        body += r"\s"
-    pattern = re.compile(f"(?=({body}))", re.IGNORECASE)
-    return any(begins_word(passage, m.start(1)) for m in pattern.finditer(passage))
 
 
 class GroundedChooser:
@@ -114,7 +101,7 @@ class GroundedChooser:
                 return False
         if state in (_IN_STRING, _ESCAPE):
             mention = open_string(text)
-            return mention is None or _starts_a_word(passage, mention.lstrip())
+            return mention is None or mention_can_start(passage, mention)
         return True
 
     def __call__(self, prompt: int, reply: Sequence[int], logprobs: Any) -> int:
