@@ -158,9 +158,15 @@ def extract(
     if html is not None:
         _check_html_path(html)
     inputs = _read_inputs(files or [])
-    nlp = build_pipeline(
-        label_list, model, lang, threads, max_new_tokens, adapter=str(adapter) if adapter else None
-    )
+    try:
+        nlp = build_pipeline(
+            label_list, model, lang, threads, max_new_tokens,
+            adapter=str(adapter) if adapter else None,
+        )
+        nlp.get_pipe("universal_ner").model.load()  # load errors before any document
+    except (OSError, ValueError) as err:  # a student or adapter that cannot be loaded
+        hint = "'--model'" if adapter is None else "'--model' / '--adapter'"
+        raise typer.BadParameter(str(err), param_hint=hint) from None
     from tqdm import tqdm
 
     texts = (d["text"] for d in inputs)

@@ -118,3 +118,19 @@ def test_a_default_run_prints_only_our_results_and_summary(tiny_model_dir, texts
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("1 document(s), "), result.stderr
+
+
+def test_a_student_that_cannot_be_loaded_is_an_error_naming_it(tiny_model_dir, texts, tmp_path):
+    missing = tmp_path / "no-model"
+    result = extract("-l", "person", "--model", str(missing), str(texts[0]))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--model'" in result.output
+    assert str(missing) in result.output and "does not exist" in result.output
+    assert "Traceback" not in result.output
+    empty = tmp_path / "empty-adapter"
+    empty.mkdir()
+    result = extract("-l", "person", "--model", str(tiny_model_dir), "--adapter", str(empty),
+                     str(texts[0]))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--model' / '--adapter'" in result.output
+    assert f"Could not load student adapter {empty}" in result.output
