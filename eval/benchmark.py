@@ -68,14 +68,18 @@ def build_nlp(block: Dict[str, Any], max_passage_tokens: int):
     import spacy_uniner  # noqa: F401  (registers the factory and the scorers)
 
     nlp = spacy.blank("en")
-    nlp.add_pipe("universal_ner", config={
-        "model": block,
-        "labels": [],
-        "store_replies": True,
-        "write_ents": False,
-        "max_passage_tokens": max_passage_tokens,
-        "scorer": {"@scorers": "spacy_uniner.scorer.v2"},
-    })
+    try:
+        nlp.add_pipe("universal_ner", config={
+            "model": block,
+            "labels": [],
+            "store_replies": True,
+            "write_ents": False,
+            "max_passage_tokens": max_passage_tokens,
+            "scorer": {"@scorers": "spacy_uniner.scorer.v2"},
+        })
+    except (OSError, ValueError) as err:  # a missing student or adapter (checked, not loaded)
+        raise typer.BadParameter(str(err), param_hint="--model / --model-config / --adapter") \
+            from None
     return nlp
 
 

@@ -272,3 +272,17 @@ def test_cache_of_another_recorded_student_setting_is_refused(ai_slice, tmp_path
     with pytest.raises(ValueError, match="different model"):
         run_benchmark(nlp, bench, cache, model_config={"name": "scripted"})
     run_benchmark(nlp, bench, cache, model_config={"name": "scripted"}, overwrite=True)
+
+
+def test_a_missing_student_is_an_error_naming_it(ai_slice, tmp_path):
+    from eval.calibrate import app as calibrate
+
+    missing = tmp_path / "no-model"
+    args = ["--model", missing, "--data", ai_slice, "--format", "uniner",
+            "--output", tmp_path / "out", "--quiet"]
+    wide = CliRunner(env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})  # no wrapped message
+    for app_ in (app, calibrate):
+        result = wide.invoke(app_, [str(a) for a in args])
+        assert result.exit_code == 2, result.output
+        assert "--model" in result.output and f"{missing}' does not exist" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
