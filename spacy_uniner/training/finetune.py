@@ -66,6 +66,26 @@ def _resolve_bf16(cfg: FinetuneConfig) -> bool:
     return bf16_supported(cfg.use_gpu) if cfg.bf16 == "auto" else cfg.bf16 == "true"
 
 
+def _check_data(data_dir: Path) -> Path:
+    if not (data_dir / "dataset_info.json").exists() and not (data_dir / "state.json").exists():
+        raise FileNotFoundError(f"{data_dir}: not a dataset saved by train.build_data")
+    return data_dir
+
+
+def check_inputs(cfg: FinetuneConfig) -> None:
+    """Refuse, naming it, a data folder that train.build_data did not write or a
+    base model folder that does not exist, before anything loads."""
+    from ..default_student import BASE_MODEL, DEFAULT_MODEL
+    from ..weights import check_model_source
+
+    _check_data(Path(cfg.data))
+    if cfg.base_model not in (DEFAULT_MODEL, BASE_MODEL):
+        try:  # a hub id is left to transformers (downloads are the user's call here)
+            check_model_source(cfg.base_model, allow_download=True)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"base model: {err}") from None
+
+
 def load_examples(cfg: FinetuneConfig, tokenizer: Any) -> Tuple[Any, Dict[str, Any]]:
     """The tokenised training set and its statistics."""
     import datasets
@@ -73,9 +93,7 @@ def load_examples(cfg: FinetuneConfig, tokenizer: Any) -> Tuple[Any, Dict[str, A
     from .data import iter_conversations
     from .encoding import encode_all, pack
 
-    data_dir = Path(cfg.data)
-    if not (data_dir / "dataset_info.json").exists() and not (data_dir / "state.json").exists():
-        raise FileNotFoundError(f"{data_dir}: not a dataset saved by train.build_data")
+    data_dir = _check_data(Path(cfg.data))
     dataset = datasets.load_from_disk(str(data_dir))
     examples, stats = encode_all(tokenizer, list(iter_conversations(dataset)), cfg.max_length)
     if cfg.packing:
@@ -237,6 +255,7 @@ def finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         return json.loads(metrics_path.read_text())
     if cfg.init_adapter:
         start_adapter(cfg)  # refused before anything loads
+    check_inputs(cfg)
     output.mkdir(parents=True, exist_ok=True)
     if cfg.workers > 0:
         return _finetune_ray(cfg)

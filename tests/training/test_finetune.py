@@ -102,9 +102,17 @@ def test_full_finetune(data_dir, tmp_path, tiny_model_dir):
     assert metrics["lora"] is False and (out / "model" / "config.json").exists()
 
 
-def test_missing_data_is_a_clear_error(tmp_path, tiny_model_dir):
+def test_missing_data_or_base_model_is_a_clear_error_before_anything_loads(
+    data_dir, tmp_path, tiny_model_dir
+):
     with pytest.raises(FileNotFoundError, match="train.build_data"):
         finetune(config(tmp_path / "nothing", tmp_path / "out", tiny_model_dir))
+    missing = tmp_path / "no-base"
+    with pytest.raises(FileNotFoundError, match=f"base model: .*'{missing}' does not exist"):
+        finetune(config(data_dir, tmp_path / "out", missing))
+    with pytest.raises(FileNotFoundError, match="base model: .*no config.json"):
+        finetune(config(data_dir, tmp_path / "out", tmp_path))
+    assert not (tmp_path / "out").exists()
 
 
 def test_ray_train_with_two_cpu_workers(ray_cluster, data_dir, tmp_path, tiny_model_dir):
