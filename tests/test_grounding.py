@@ -8,6 +8,7 @@ from spacy_uniner.models.grounding import (
     closing_token_ids,
     end_token_ids,
     list_state,
+    token_texts,
 )
 from spacy_uniner.models.hf import HFStudent, make_hf_student_v1, make_hf_student_v2
 from spacy_uniner.parsing import open_string, parse_student_reply
@@ -33,6 +34,11 @@ def test_closing_tokens_and_passages(tiny_model_dir):
     student = HFStudent(str(tiny_model_dir))
     tok = student.tokenizer
     texts = {tok.decode([i]) for i in closing_token_ids(tok)}
+    decoded = token_texts(tok)
+    assert closing_token_ids(tok, decoded) == closing_token_ids(tok)
+    assert end_token_ids(tok, decoded) == end_token_ids(tok) == [
+        i for i in range(len(tok)) if tok.decode([i]).strip() == "]"
+    ]
     assert {'"', '",', '"]'} <= texts
     assert all(t.startswith('"') and "a" not in t for t in texts)
     ps = [prompts.render_query(PASSAGE, "person"), "free text",

@@ -120,14 +120,22 @@ class GroundedChooser:
         return ids[int(logprobs[ids].argmax())]
 
 
-def closing_token_ids(tokenizer: Any) -> List[int]:
-    """Token ids whose text closes a string: ``"``, ``",``, ``"]``, ``", "`` ..."""
-    ids = [i for i in range(len(tokenizer)) if _CLOSING.match(tokenizer.decode([i]))]
+def token_texts(tokenizer: Any) -> List[str]:
+    """Each token's text, decoded alone, by id (one pass over the vocabulary)."""
+    return [tokenizer.decode([i]) for i in range(len(tokenizer))]
+
+
+def closing_token_ids(tokenizer: Any, texts: Optional[Sequence[str]] = None) -> List[int]:
+    """Token ids whose text closes a string: ``"``, ``",``, ``"]``, ``", "`` ...
+    texts: :func:`token_texts` of the tokenizer, if already made."""
+    texts = token_texts(tokenizer) if texts is None else texts
+    ids = [i for i, text in enumerate(texts) if _CLOSING.match(text)]
     if not ids:
         raise ValueError("the tokenizer has no token that closes a JSON string")
     return ids
 
 
-def end_token_ids(tokenizer: Any) -> List[int]:
+def end_token_ids(tokenizer: Any, texts: Optional[Sequence[str]] = None) -> List[int]:
     """Token ids whose text closes a list outside a string: ``]``, `` ]`` ..."""
-    return [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == "]"]
+    texts = token_texts(tokenizer) if texts is None else texts
+    return [i for i, text in enumerate(texts) if text.strip() == "]"]

@@ -93,6 +93,7 @@ class HFStudent:
         self._empty_ids: Optional[List[int]] = None
         self._closing_ids: Optional[List[int]] = None
         self._end_ids: List[int] = []
+        self._token_texts: Optional[List[str]] = None  # each token's text, for the id lists
         self._model: Any = None
         self._tokenizer: Any = None
         self._workspace: Dict[str, Any] = {}  # the shared decoder's key/value slabs
@@ -107,7 +108,7 @@ class HFStudent:
     def __getstate__(self) -> Dict[str, Any]:
         # A copy (e.g. for another process) loads the weights again and needs its own slabs.
         state = dict(self.__dict__)
-        state.update(_model=None, _workspace={})
+        state.update(_model=None, _workspace={}, _token_texts=None)
         return state
 
     def check_source(self) -> None:
@@ -201,11 +202,18 @@ class HFStudent:
     def empty_list_ids(self) -> List[int]:
         """Token ids whose text opens an empty list (`` []``, ``[]``, ``[]\\n`` ...)."""
         if self._empty_ids is None:
-            tok = self.tokenizer
             self._empty_ids = [
-                i for i in range(len(tok)) if tok.decode([i]).strip().startswith("[]")
+                i for i, text in enumerate(self._texts()) if text.strip().startswith("[]")
             ]
         return self._empty_ids
+
+    def _texts(self) -> List[str]:
+        """Each token's text by id, decoded once for every id list above and below."""
+        if self._token_texts is None:
+            from .grounding import token_texts
+
+            self._token_texts = token_texts(self.tokenizer)
+        return self._token_texts
 
     def _chooser(self, prompts: Sequence[str]) -> Optional[Any]:
         """The grounded token chooser for these prompts, or None (greedy)."""
@@ -214,8 +222,8 @@ class HFStudent:
         from .grounding import GroundedChooser, closing_token_ids, end_token_ids
 
         if self._closing_ids is None:
-            self._closing_ids = closing_token_ids(self.tokenizer)
-            self._end_ids = end_token_ids(self.tokenizer)
+            self._closing_ids = closing_token_ids(self.tokenizer, self._texts())
+            self._end_ids = end_token_ids(self.tokenizer, self._texts())
         return GroundedChooser(
             self.tokenizer, passages_of(prompts), self._closing_ids, end_ids=self._end_ids
         )
