@@ -143,6 +143,9 @@ def extract(
         96, callback=_at_least_one, help="Longest student reply per query."
     ),
     batch_size: int = typer.Option(4, callback=_at_least_one, help="Documents per batch."),
+    allow_download: bool = typer.Option(
+        False, "--allow-download", help="Let transformers fetch a --model hub id that is not cached."
+    ),
     verbose: bool = typer.Option(
         False,
         "--verbose",
@@ -161,7 +164,7 @@ def extract(
     try:
         nlp = build_pipeline(
             label_list, model, lang, threads, max_new_tokens,
-            adapter=str(adapter) if adapter else None,
+            adapter=str(adapter) if adapter else None, allow_download=allow_download,
         )
         nlp.get_pipe("universal_ner").model.load()  # load errors before any document
     except (OSError, ValueError) as err:  # a student or adapter that cannot be loaded

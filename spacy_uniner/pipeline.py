@@ -17,6 +17,7 @@ def build_pipeline(
     adapter: Optional[str] = None,
     device: str = "cpu",
     batch_size: int = 16,
+    allow_download: bool = False,
 ) -> Any:
     """A blank ``lang`` pipeline with ``universal_ner`` over an HFStudent (weights load lazily)."""
     import spacy
@@ -39,6 +40,7 @@ def build_pipeline(
                 "adapter": adapter,
                 "device": device,
                 "batch_size": batch_size,
+                "allow_download": allow_download,
             },
             "store_replies": store_replies,
         },

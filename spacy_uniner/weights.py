@@ -55,8 +55,9 @@ def check_model_source(name: str, allow_download: bool) -> None:
     if not isinstance(try_to_load_from_cache(name, "config.json"), str):
         raise FileNotFoundError(
             f"Student model {name!r} is neither a local folder nor in the local Hugging Face "
-            f"cache ({HF_HUB_CACHE}), and downloads are off: give a local folder, or set "
-            f"allow_download = true to fetch the hub id"
+            f"cache ({HF_HUB_CACHE}), and downloads are off: give a local folder, or let it "
+            f"fetch the hub id (the student's allow_download = true; `uniner extract "
+            f"--allow-download`)"
         )
 
 

@@ -134,3 +134,17 @@ def test_a_student_that_cannot_be_loaded_is_an_error_naming_it(tiny_model_dir, t
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--model' / '--adapter'" in result.output
     assert f"Could not load student adapter {empty}" in result.output
+
+
+def test_an_uncached_hub_id_names_the_option_that_fetches_it(texts):
+    # The suite runs with HF_HUB_OFFLINE=1 (conftest): a fetch itself must fail.
+    hub_id = "spacy-uniner-tests/no-such-student"
+    result = extract("-l", "person", "--model", hub_id, str(texts[0]))
+    assert result.exit_code == 2, result.output
+    assert hub_id in result.output and "--allow-download" in result.output
+    # With the option the source check lets it through to transformers, whose
+    # failure to fetch (offline) is still a usage error, not a traceback.
+    result = extract("-l", "person", "--model", hub_id, "--allow-download", str(texts[0]))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--model'" in result.output
+    assert "downloads are off" not in result.output and "Traceback" not in result.output
